@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the pinned PyTorch wheel (libtorch for tch) into a cache folder keyed by version, and,
+# with --interop, the Python reference clients (transformers, peft) used by the interoperability test.
+# Reused when present; safe to run again. Prints the venv path on its last line.
+set -euo pipefail
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+CACHE="${DATANET_CACHE:-$HOME/.cache/datanet}"
+VENV="$CACHE/torch-$TORCH_VERSION"
+PY="${PYTHON:-python3}"
+if [ ! -f "$VENV/.torch-ok" ]; then
+  echo "setup: installing torch==$TORCH_VERSION into $VENV (about 4.7 GB, once)" >&2
+  rm -rf "$VENV"
+  mkdir -p "$CACHE"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" "numpy<3" >&2
+  "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__" >&2
+  touch "$VENV/.torch-ok"
+fi
+if [ "${1:-}" = "--interop" ] && [ ! -f "$VENV/.interop-ok" ]; then
+  echo "setup: installing transformers, peft and safetensors into $VENV (interop test clients)" >&2
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "transformers>=4.45,<6" "peft>=0.13" "safetensors>=0.4" >&2
+  "$VENV/bin/python" -c "import transformers, peft" >&2
+  touch "$VENV/.interop-ok"
+fi
+echo "$VENV"

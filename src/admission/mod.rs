@@ -1,0 +1,448 @@
+//! Admission: how records become an acknowledged contribution (DESIGN.md §4).
+//!
+//! [`parse_input`] reads a JSONL or CSV file and validates every record against the Datanet's
+//! manifest, reporting bad records by line; [`canonical`] brings records to their one canonical
+//! form; [`pack`] cuts canonical records into ≤ 1 MiB JSONL chunks with a HashSeq root and a Merkle
+//! root over record hashes. [`admit_local`] signs the [`ContributionRecord`] and hands everything to
+//! `store::contributions`, which classifies records (new, exact duplicate, near-duplicate) and
+//! commits atomically. [`admit_replicated`] runs the same checks on a contribution whose chunks
+//! came from another peer. Everything but the final commit is pure.
+
+pub mod canonical;
+pub mod neardup;
+
+use crate::codec::{Canonical, Signed};
+use crate::identity::Identity;
+use crate::ids::{BlobHash, ContributionId, DatanetId, MerkleRoot, PeerKey, RecordHash};
+use crate::manifest::{Manifest, TaskKind};
+use crate::merkle;
+use crate::store::contributions::{Admitted, ContributionMeta};
+use crate::store::{Store, StoreError};
+pub use canonical::{CanonicalRecord, RecordError};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Largest chunk of canonical JSONL (DESIGN.md §4: ≤ 1 MiB).
+pub const CHUNK_BYTES_MAX: usize = 1 << 20;
+/// How many bad records an error lists before summarizing.
+const ERRORS_LISTED_MAX: usize = 20;
+
+/// The signed statement "this contributor added these records to this Datanet".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContributionRecord {
+    pub datanet: DatanetId,
+    pub contributor: PeerKey,
+    /// The contributor's clock when signing, in ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Hash of the HashSeq of the contribution's chunks.
+    pub root: BlobHash,
+    /// Merkle root over the record hashes, in chunk order.
+    pub records_root: MerkleRoot,
+    pub record_count: u32,
+    /// Canonical bytes of all records (JSONL, newlines included).
+    pub byte_count: u64,
+    pub chunk_count: u32,
+}
+
+impl Canonical for ContributionRecord {
+    const TAG: &'static [u8] = b"datanet/contribution/v1";
+    const MAX_BYTES: usize = 512;
+}
+
+/// A contribution record signed by its contributor.
+pub type SignedContribution = Signed<ContributionRecord>;
+
+impl ContributionRecord {
+    /// The contribution id: BLAKE3 of the canonical record, tag included.
+    pub fn id(&self) -> ContributionId {
+        crate::codec::hash(self).into()
+    }
+}
+
+/// One bad record in an input file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    pub line: usize,
+    pub error: RecordError,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.error)
+    }
+}
+
+fn list_errors(errors: &[LineError]) -> String {
+    let mut s: Vec<String> = errors.iter().take(ERRORS_LISTED_MAX).map(|e| format!("  {e}")).collect();
+    if errors.len() > ERRORS_LISTED_MAX {
+        s.push(format!("  … and {} more", errors.len() - ERRORS_LISTED_MAX));
+    }
+    s.join("\n")
+}
+
+/// Why admission refused a contribution. Nothing is stored when any of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: unsupported file type; use .jsonl, .json or .csv")]
+    FileType { path: String },
+    #[error("{path}: no records")]
+    Empty { path: String },
+    #[error("{path}: {count} invalid record(s); nothing was stored (use --skip-invalid to admit the rest)\n{}", list_errors(.errors))]
+    Invalid { path: String, count: usize, errors: Vec<LineError> },
+    #[error("{path}: CSV input is only for tabular Datanets; this Datanet is `{kind}`")]
+    CsvNotTabular { path: String, kind: &'static str },
+    #[error("contribution has {records} records, over the Datanet's limit of {max}")]
+    TooManyRecords { records: usize, max: u32 },
+    #[error("contribution is {bytes} bytes in canonical form, over the Datanet's limit of {max}")]
+    TooManyBytes { bytes: u64, max: u64 },
+    #[error("datanet {0} is not known here; `datanet datanet ls` lists the known ones")]
+    UnknownDatanet(String),
+    #[error("contribution signature: {0}")]
+    Signature(#[from] crate::codec::VerifyError),
+    #[error("contribution {what} does not match its chunks: record says {claimed}, chunks give {actual}")]
+    Mismatch { what: &'static str, claimed: String, actual: String },
+    #[error("chunk {index} line {line}: {error}")]
+    ChunkRecord { index: usize, line: usize, error: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an input file held.
+#[derive(Debug, Clone)]
+pub struct ParsedInput {
+    pub records: Vec<CanonicalRecord>,
+    /// Records skipped with `--skip-invalid`.
+    pub skipped: Vec<LineError>,
+}
+
+/// Reads `path` (JSONL, or CSV for tabular Datanets) and validates every record.
+///
+/// With `skip_invalid` bad records are dropped and listed; otherwise any bad record refuses the
+/// whole file. Limits on record count and total bytes are checked after validation.
+pub fn parse_input(
+    manifest: &Manifest,
+    path: &Path,
+    skip_invalid: bool,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<ParsedInput, AdmitError> {
+    let shown = path.display().to_string();
+    let rules = &manifest.admission;
+    let meta = std::fs::metadata(path).map_err(|source| AdmitError::Read { path: shown.clone(), source })?;
+    // A file far over the contribution limit is refused before it is read into memory.
+    if meta.len() > rules.contribution_bytes_max.saturating_mul(4).saturating_add(1 << 20) {
+        return Err(AdmitError::TooManyBytes { bytes: meta.len(), max: rules.contribution_bytes_max });
+    }
+    let data = std::fs::read(path).map_err(|source| AdmitError::Read { path: shown.clone(), source })?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let mut records = Vec::new();
+    let mut errors = Vec::new();
+    let mut push = |line: usize, r: Result<CanonicalRecord, RecordError>| match r {
+        Ok(c) => records.push(c),
+        Err(error) => errors.push(LineError { line, error }),
+    };
+    let max = rules.record_bytes_max;
+    match ext.as_str() {
+        "jsonl" | "json" | "ndjson" => {
+            let mut done = 0usize;
+            for (i, raw) in data.split(|b| *b == b'\n').enumerate() {
+                done += raw.len() + 1;
+                if let Some(p) = progress {
+                    if i % 4096 == 0 {
+                        p.set_position(done as u64);
+                    }
+                }
+                let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+                if raw.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let r = std::str::from_utf8(raw)
+                    .map_err(|_| RecordError::Utf8)
+                    .and_then(|s| serde_json::from_str(s).map_err(|e| RecordError::Json(e.to_string())))
+                    .and_then(|v| canonical::canonicalize(&manifest.task, v, max));
+                push(i + 1, r);
+            }
+        }
+        "csv" => {
+            let TaskKind::Tabular { features, .. } = manifest.task else {
+                return Err(AdmitError::CsvNotTabular { path: shown, kind: manifest.task.name() });
+            };
+            let mut rdr = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(data.as_slice());
+            for (i, row) in rdr.records().enumerate() {
+                let line = i + 1;
+                let row = match row {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let error = if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
+                            RecordError::Utf8
+                        } else {
+                            RecordError::Json(format!("csv: {e}"))
+                        };
+                        push(line, Err(error));
+                        continue;
+                    }
+                };
+                // An optional first line `n_samples,n_features,class names…` (the layout of the
+                // shared data sets) is a header, not a record.
+                if i == 0 && is_header(&row, features) {
+                    continue;
+                }
+                push(line, canonical::csv_row_to_value(&row, features).and_then(|v| canonical::canonicalize(&manifest.task, v, max)));
+            }
+        }
+        _ => return Err(AdmitError::FileType { path: shown }),
+    }
+    if let Some(p) = progress {
+        p.set_position(data.len() as u64);
+    }
+    if !errors.is_empty() && !skip_invalid {
+        return Err(AdmitError::Invalid { path: shown, count: errors.len(), errors });
+    }
+    if records.is_empty() {
+        return Err(AdmitError::Empty { path: shown });
+    }
+    check_limits(manifest, &records)?;
+    Ok(ParsedInput { records, skipped: errors })
+}
+
+fn is_header(row: &csv::StringRecord, features: u32) -> bool {
+    let numeric = |s: &str| s.trim().parse::<f64>().is_ok();
+    let first_two_ints = row.len() >= 2 && row.iter().take(2).all(|s| s.trim().parse::<u64>().is_ok());
+    let names_follow = row.iter().skip(2).any(|s| !numeric(s));
+    let not_record = row.len() != features as usize + 1;
+    first_two_ints && (names_follow || not_record) || row.iter().all(|s| !numeric(s))
+}
+
+fn check_limits(manifest: &Manifest, records: &[CanonicalRecord]) -> Result<(), AdmitError> {
+    let rules = &manifest.admission;
+    if records.len() > rules.contribution_records_max as usize {
+        return Err(AdmitError::TooManyRecords { records: records.len(), max: rules.contribution_records_max });
+    }
+    let bytes: u64 = records.iter().map(|r| r.bytes.len() as u64 + 1).sum();
+    if bytes > rules.contribution_bytes_max {
+        return Err(AdmitError::TooManyBytes { bytes, max: rules.contribution_bytes_max });
+    }
+    Ok(())
+}
+
+/// Records packed into chunks, with the roots a contribution record commits to.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub chunks: Vec<Vec<u8>>,
+    pub chunk_hashes: Vec<BlobHash>,
+    /// The HashSeq blob: the chunk hashes concatenated.
+    pub hash_seq: Vec<u8>,
+    pub root: BlobHash,
+    pub records_root: MerkleRoot,
+    pub byte_count: u64,
+}
+
+/// Packs canonical records into ≤ 1 MiB JSONL chunks (a record never spans two chunks).
+pub fn pack(records: &[CanonicalRecord]) -> Packed {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    for r in records {
+        if !cur.is_empty() && cur.len() + r.bytes.len() + 1 > CHUNK_BYTES_MAX {
+            chunks.push(std::mem::take(&mut cur));
+        }
+        cur.extend_from_slice(&r.bytes);
+        cur.push(b'\n');
+    }
+    if !cur.is_empty() {
+        chunks.push(cur);
+    }
+    let chunk_hashes: Vec<BlobHash> = chunks.iter().map(|c| BlobHash::of(c)).collect();
+    let hash_seq: Vec<u8> = chunk_hashes.iter().flat_map(|h| h.0).collect();
+    let leaves: Vec<[u8; 32]> = records.iter().map(|r| r.hash.0).collect();
+    Packed {
+        root: BlobHash::of(&hash_seq),
+        records_root: merkle::root(&leaves),
+        byte_count: chunks.iter().map(|c| c.len() as u64).sum(),
+        chunk_hashes,
+        hash_seq,
+        chunks,
+    }
+}
+
+/// Reads canonical records back out of chunk bytes, checking each is canonical.
+pub fn unpack_chunk(task: &TaskKind, rules_max: u32, index: usize, chunk: &[u8]) -> Result<Vec<CanonicalRecord>, AdmitError> {
+    let mut out = Vec::new();
+    let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let err = |error: String| AdmitError::ChunkRecord { index, line: i + 1, error };
+        let s = std::str::from_utf8(line).map_err(|_| err("not valid UTF-8".into()))?;
+        let v: serde_json::Value = serde_json::from_str(s).map_err(|e| err(e.to_string()))?;
+        let rec = canonical::canonicalize(task, v, rules_max).map_err(|e| err(e.to_string()))?;
+        if rec.bytes != line {
+            return Err(err("record is not in canonical form".into()));
+        }
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The outcome of an admission, after the store has made it durable.
+#[derive(Debug, Clone)]
+pub struct Acknowledged {
+    pub id: ContributionId,
+    pub contribution: SignedContribution,
+    pub meta: ContributionMeta,
+    /// True when this exact contribution was already stored (nothing new written).
+    pub already_present: bool,
+}
+
+/// Signs and admits validated records as this peer's contribution.
+pub async fn admit_local(
+    store: &Store,
+    identity: &Identity,
+    datanet: &DatanetId,
+    records: Vec<CanonicalRecord>,
+) -> Result<Acknowledged, AdmitError> {
+    let signed = store.manifest(datanet)?.ok_or_else(|| AdmitError::UnknownDatanet(datanet.to_hex()))?;
+    let manifest = signed.body;
+    check_limits(&manifest, &records)?;
+    let packed = pack(&records);
+    let body = ContributionRecord {
+        datanet: *datanet,
+        contributor: identity.public_key(),
+        created_ms: now_ms(),
+        root: packed.root,
+        records_root: packed.records_root,
+        record_count: records.len() as u32,
+        byte_count: packed.byte_count,
+        chunk_count: packed.chunks.len() as u32,
+    };
+    let contribution = Signed::sign(body, &identity.signing_key());
+    commit(store, &manifest, contribution, packed, records, "local").await
+}
+
+/// Admits a contribution whose HashSeq and chunks are already in the blob store (replication):
+/// verifies the signature, the Datanet, the limits, every chunk hash, every record's canonical
+/// form, the record count, byte count and Merkle root — then commits exactly as a local admission.
+pub async fn admit_replicated(store: &Store, contribution: &SignedContribution, source: &str) -> Result<Acknowledged, AdmitError> {
+    let c = &contribution.body;
+    contribution.verify_by(&c.contributor)?;
+    let manifest = store.manifest(&c.datanet)?.ok_or_else(|| AdmitError::UnknownDatanet(c.datanet.to_hex()))?.body;
+    check_claims(&manifest, c)?;
+    let hash_seq = store.get_blob(&c.root).await?;
+    if hash_seq.len() % 32 != 0 || hash_seq.len() / 32 != c.chunk_count as usize {
+        return Err(AdmitError::Mismatch { what: "chunk count", claimed: c.chunk_count.to_string(), actual: (hash_seq.len() / 32).to_string() });
+    }
+    let mut chunks = Vec::with_capacity(c.chunk_count as usize);
+    let mut records = Vec::with_capacity(c.record_count as usize);
+    for (i, h) in hash_seq.chunks_exact(32).enumerate() {
+        let hash = BlobHash(h.try_into().expect("32-byte chunk"));
+        let bytes = store.get_blob(&hash).await?;
+        if bytes.len() > CHUNK_BYTES_MAX {
+            return Err(AdmitError::Mismatch { what: "chunk size", claimed: format!("≤ {CHUNK_BYTES_MAX}"), actual: bytes.len().to_string() });
+        }
+        records.extend(unpack_chunk(&manifest.task, manifest.admission.record_bytes_max, i, &bytes)?);
+        chunks.push(bytes);
+    }
+    check_limits(&manifest, &records)?;
+    let packed = pack(&records);
+    let checks = [
+        ("root", c.root.to_hex(), packed.root.to_hex()),
+        ("records root", c.records_root.to_hex(), packed.records_root.to_hex()),
+        ("record count", c.record_count.to_string(), records.len().to_string()),
+        ("byte count", c.byte_count.to_string(), packed.byte_count.to_string()),
+    ];
+    for (what, claimed, actual) in checks {
+        if claimed != actual {
+            return Err(AdmitError::Mismatch { what, claimed, actual });
+        }
+    }
+    commit(store, &manifest, contribution.clone(), packed, records, source).await
+}
+
+/// Checks a contribution record's claims against the manifest limits (no chunk needed): what a
+/// gossip validator can check before fetching anything.
+pub fn check_claims(manifest: &Manifest, c: &ContributionRecord) -> Result<(), AdmitError> {
+    let rules = &manifest.admission;
+    if c.record_count > rules.contribution_records_max {
+        return Err(AdmitError::TooManyRecords { records: c.record_count as usize, max: rules.contribution_records_max });
+    }
+    if c.byte_count > rules.contribution_bytes_max {
+        return Err(AdmitError::TooManyBytes { bytes: c.byte_count, max: rules.contribution_bytes_max });
+    }
+    if c.record_count == 0 || c.chunk_count == 0 || c.chunk_count > c.record_count {
+        return Err(AdmitError::Mismatch { what: "counts", claimed: format!("{} records in {} chunks", c.record_count, c.chunk_count), actual: "an empty or impossible contribution".into() });
+    }
+    Ok(())
+}
+
+async fn commit(
+    store: &Store,
+    manifest: &Manifest,
+    contribution: SignedContribution,
+    packed: Packed,
+    records: Vec<CanonicalRecord>,
+    source: &str,
+) -> Result<Acknowledged, AdmitError> {
+    let id = contribution.body.id();
+    if let Some(meta) = store.contribution_meta(&id)? {
+        return Ok(Acknowledged { id, contribution, meta, already_present: true });
+    }
+    // Blobs first, synced; then one sled transaction; then flush. A crash before the transaction
+    // leaves only unreferenced blobs.
+    for chunk in packed.chunks {
+        store.put_blob(chunk).await?;
+    }
+    store.put_blob(packed.hash_seq).await?;
+    let Admitted { meta, .. } = store.commit_contribution(manifest, &contribution, &packed.chunk_hashes, &records, source).await?;
+    Ok(Acknowledged { id, contribution, meta, already_present: false })
+}
+
+/// Hashes of a record list, in order.
+pub fn record_hashes(records: &[CanonicalRecord]) -> Vec<RecordHash> {
+    records.iter().map(|r| r.hash).collect()
+}
+
+/// One record of an evaluation suite: a task record plus the slice it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalRecord {
+    pub slice: String,
+    pub record: CanonicalRecord,
+}
+
+/// Parses an evaluation file (JSONL: the task's fields plus `"slice"`), checking every slice is
+/// declared in the manifest.
+pub fn parse_eval(manifest: &Manifest, bytes: &[u8]) -> Result<Vec<EvalRecord>, AdmitError> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let r = std::str::from_utf8(raw)
+            .map_err(|_| RecordError::Utf8)
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).map_err(|e| RecordError::Json(e.to_string())))
+            .and_then(|mut v| {
+                let slice = match v.as_object_mut().and_then(|o| o.remove("slice")) {
+                    Some(serde_json::Value::String(s)) => s,
+                    Some(_) => return Err(RecordError::Type("slice".into(), "a string")),
+                    None => return Err(RecordError::Missing("slice".into())),
+                };
+                if !manifest.eval.slices.iter().any(|s| s.name == slice) {
+                    return Err(RecordError::Type("slice".into(), "one of the manifest's eval.slices"));
+                }
+                canonical::canonicalize(&manifest.task, v, manifest.admission.record_bytes_max).map(|record| EvalRecord { slice, record })
+            });
+        match r {
+            Ok(e) => out.push(e),
+            Err(error) => errors.push(LineError { line: i + 1, error }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(AdmitError::Invalid { path: "evaluation file".into(), count: errors.len(), errors });
+    }
+    if out.is_empty() {
+        return Err(AdmitError::Empty { path: "evaluation file".into() });
+    }
+    Ok(out)
+}

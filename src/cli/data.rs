@@ -1,0 +1,203 @@
+//! Foundation commands: `datanet datanet create|show|ls`, `contribute`, `contributions`, `export`.
+//! These work on the datadir directly; when a daemon holds the datadir, `contribute` goes through
+//! its API instead (see `cli::node`).
+
+use super::Global;
+use crate::admission;
+use crate::codec::Signed;
+use crate::identity::Identity;
+use crate::ids::DatanetId;
+use crate::manifest::{Manifest, ManifestFile};
+use crate::store::Store;
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum DatanetCmd {
+    /// Create a Datanet from a manifest file, signed by this peer as founder.
+    Create {
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Show one Datanet's manifest.
+    Show { datanet: String },
+    /// List the Datanets this peer knows.
+    Ls,
+}
+
+pub(crate) async fn open_store(g: &Global) -> anyhow::Result<(Identity, Store)> {
+    let dir = g.datadir();
+    let id = Identity::load(&dir)?;
+    let store = Store::open(&dir).await.with_context(|| format!("opening the store in {}", dir.display()))?;
+    Ok((id, store))
+}
+
+pub(crate) fn resolve(store: &Store, key: &str) -> anyhow::Result<(DatanetId, Manifest)> {
+    store.resolve_datanet(key)?.ok_or_else(|| {
+        anyhow::anyhow!("datanet `{key}` is not known here (give its id, a unique id prefix or its name; `datanet datanet ls` lists them)")
+    })
+}
+
+/// `datanet datanet …`
+pub async fn run_datanet(cmd: DatanetCmd, g: &Global) -> anyhow::Result<()> {
+    let (identity, store) = open_store(g).await?;
+    let r = match cmd {
+        DatanetCmd::Create { from } => create(&store, &identity, &from, g).await,
+        DatanetCmd::Show { datanet } => {
+            let (id, m) = resolve(&store, &datanet)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"id": id.to_hex(), "manifest": m}))?);
+            } else {
+                print_manifest(&id, &m);
+            }
+            Ok(())
+        }
+        DatanetCmd::Ls => {
+            let all = store.manifests()?;
+            if g.json {
+                let v: Vec<_> = all.iter().map(|(id, m)| serde_json::json!({"id": id.to_hex(), "name": m.body.name, "task": m.body.task.name(), "committee": m.body.committee.members.len()})).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{:<64}  {:<20} {:<9} committee", "id", "name", "task");
+                for (id, m) in all {
+                    println!("{}  {:<20} {:<9} {}", id, m.body.name, m.body.task.name(), m.body.committee.members.len());
+                }
+            }
+            Ok(())
+        }
+    };
+    store.close().await?;
+    r
+}
+
+async fn create(store: &Store, identity: &Identity, from: &std::path::Path, g: &Global) -> anyhow::Result<()> {
+    let file = ManifestFile::read(from)?;
+    let base = from.parent().unwrap_or(std::path::Path::new("."));
+    let check_seed = |s: &str| crate::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
+    let (manifest, eval) = file.into_manifest(base, identity.public_key(), &check_seed)?;
+    admission::parse_eval(&manifest, &eval.public).context("eval.public")?;
+    let public_hash = store.put_blob(eval.public).await?;
+    debug_assert_eq!(public_hash, manifest.eval.public_hash);
+    if let Some(secret) = eval.secret {
+        // Kept locally by the founder until the reveal; its hash is the commitment.
+        store.put_blob(secret).await?;
+    }
+    let signed = Signed::sign(manifest, &identity.signing_key());
+    let id = store.put_manifest(&signed).await?;
+    if g.json {
+        println!("{}", serde_json::json!({"id": id.to_hex(), "name": signed.body.name}));
+    } else {
+        println!("created datanet {} ({})", signed.body.name, id);
+    }
+    Ok(())
+}
+
+fn print_manifest(id: &DatanetId, m: &Manifest) {
+    println!("datanet     {id}");
+    println!("name        {}", m.name);
+    println!("description {}", m.description);
+    println!("task        {:?}", m.task);
+    println!("license     {}", m.license);
+    println!("founder     {}", m.founder);
+    println!("base model  {} {} (seed {})", m.base_model.family, if m.base_model.preset.is_empty() { m.base_model.hash.to_hex() } else { m.base_model.preset.clone() }, m.base_model.seed);
+    println!("recipe      rank {} alpha {} targets {:?} steps {} batch {}", m.recipe.lora_rank, m.recipe.lora_alpha, m.recipe.target_modules, m.recipe.steps, m.recipe.batch);
+    println!("eval        public {} slices {}", m.eval.public_hash.short(), m.eval.slices.iter().map(|s| format!("{}={}ppm", s.name, s.weight_ppm)).collect::<Vec<_>>().join(" "));
+    println!("committee   {} members, quorum {}", m.committee.members.len(), m.committee.quorum());
+    for k in &m.committee.members {
+        println!("            {k}");
+    }
+    println!("epoch       {} s, pool {} credits", m.epoch_length_secs, m.reward_pool);
+    for s in &m.seeds {
+        println!("seed        {s}");
+    }
+}
+
+/// `datanet contribute <datanet> <file>` against the datadir.
+pub async fn contribute(g: &Global, datanet: &str, file: &std::path::Path, skip_invalid: bool) -> anyhow::Result<()> {
+    let (identity, store) = open_store(g).await?;
+    let r = contribute_with(&store, &identity, datanet, file, skip_invalid, g).await;
+    store.close().await?;
+    r
+}
+
+async fn contribute_with(store: &Store, identity: &Identity, datanet: &str, file: &std::path::Path, skip_invalid: bool, g: &Global) -> anyhow::Result<()> {
+    let (id, manifest) = resolve(store, datanet)?;
+    let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let bar = (!g.json && len > 8 << 20).then(|| {
+        let b = indicatif::ProgressBar::new(len);
+        b.set_style(indicatif::ProgressStyle::with_template("validating {bar:30} {bytes}/{total_bytes} {bytes_per_sec}").expect("static template"));
+        b
+    });
+    let parsed = admission::parse_input(&manifest, file, skip_invalid, bar.as_ref())?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    for e in &parsed.skipped {
+        eprintln!("skipped {}: {e}", file.display());
+    }
+    let ack = admission::admit_local(store, identity, &id, parsed.records).await?;
+    if g.json {
+        println!("{}", serde_json::json!({"acknowledged": ack.id.to_hex(), "records": ack.meta.records, "new": ack.meta.new_records, "duplicates": ack.meta.duplicates, "near_duplicates": ack.meta.near_duplicates, "skipped": parsed.skipped.len(), "already_present": ack.already_present}));
+    } else {
+        println!(
+            "acknowledged {} — {} records: {} new, {} duplicates, {} near-duplicates{}",
+            ack.id, ack.meta.records, ack.meta.new_records, ack.meta.duplicates, ack.meta.near_duplicates,
+            if parsed.skipped.is_empty() { String::new() } else { format!(", {} invalid skipped", parsed.skipped.len()) }
+        );
+    }
+    Ok(())
+}
+
+/// `datanet contributions <datanet>`
+pub async fn contributions(g: &Global, datanet: &str) -> anyhow::Result<()> {
+    let (_, store) = open_store(g).await?;
+    let r = (|| {
+        let (id, _) = resolve(&store, datanet)?;
+        let list = store.contributions(&id)?;
+        if g.json {
+            let v: Vec<_> = list.iter().map(|c| serde_json::json!({
+                "id": c.id.to_hex(), "contributor": c.signed.body.contributor.to_hex(), "created_ms": c.signed.body.created_ms,
+                "records": c.meta.records, "new": c.meta.new_records, "duplicates": c.meta.duplicates,
+                "near_duplicates": c.meta.near_duplicates, "bytes": c.signed.body.byte_count, "source": c.meta.source,
+            })).collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("{:<16} {:<10} {:>8} {:>8} {:>6} {:>6} source", "contribution", "contributor", "records", "new", "dups", "near");
+            for c in list {
+                println!("{:<16} {:<10} {:>8} {:>8} {:>6} {:>6} {}", &c.id.to_hex()[..16], c.signed.body.contributor.short(), c.meta.records, c.meta.new_records, c.meta.duplicates, c.meta.near_duplicates, c.meta.source);
+            }
+        }
+        anyhow::Ok(())
+    })();
+    store.close().await?;
+    r
+}
+
+/// `datanet export <contribution> [--out FILE]`
+pub async fn export(g: &Global, contribution: &str, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let (_, store) = open_store(g).await?;
+    let r = async {
+        let Some(id) = store.resolve_contribution(contribution)? else {
+            bail!("contribution `{contribution}` is not stored here (give its id or a unique prefix; `datanet contributions <datanet>` lists them)")
+        };
+        let records = store.contribution_records(&id).await?;
+        let mut w: Box<dyn Write> = match out {
+            Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+            None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        };
+        for r in &records {
+            w.write_all(&r.bytes)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+        if out.is_some() {
+            eprintln!("exported {} records of {} (verified against their hashes and Merkle root)", records.len(), id);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    store.close().await?;
+    r
+}

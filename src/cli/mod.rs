@@ -1,0 +1,83 @@
+//! The command line: a thin client. Each area's commands live in their own file; this module
+//! holds the top-level parser and the options every command shares.
+
+pub mod data;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Options shared by every command.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The peer's data folder (identity, sled database, blob store).
+    #[arg(long, global = true, env = "DATANET_DATADIR", default_value = "~/.datanet")]
+    pub datadir: PathBuf,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Global {
+    /// The datadir with a leading `~` expanded.
+    pub fn datadir(&self) -> PathBuf {
+        expand_home(&self.datadir)
+    }
+}
+
+/// `~/x` → `$HOME/x`.
+pub fn expand_home(p: &std::path::Path) -> PathBuf {
+    match p.strip_prefix("~") {
+        Ok(rest) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(rest),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "datanet", version, about = "Build datasets together; get paid for the impact of your data")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create this peer's identity in the datadir.
+    Init,
+    /// Create, show and list Datanets.
+    #[command(subcommand)]
+    Datanet(data::DatanetCmd),
+    /// Add a data set (JSONL, or CSV for tabular Datanets) to a Datanet.
+    Contribute {
+        datanet: String,
+        file: PathBuf,
+        /// Admit the valid records and list the invalid ones instead of refusing the file.
+        #[arg(long)]
+        skip_invalid: bool,
+    },
+    /// List a Datanet's contributions with their record, duplicate and near-duplicate counts.
+    Contributions { datanet: String },
+    /// Write a contribution's records back out as JSONL, verified against their hashes.
+    Export {
+        contribution: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init => {
+            let id = crate::identity::Identity::init(&g.datadir())?;
+            println!("identity {} created in {}", id.public_key(), g.datadir().display());
+            Ok(())
+        }
+        Command::Datanet(cmd) => data::run_datanet(cmd, g).await,
+        Command::Contribute { datanet, file, skip_invalid } => data::contribute(g, &datanet, &file, skip_invalid).await,
+        Command::Contributions { datanet } => data::contributions(g, &datanet).await,
+        Command::Export { contribution, out } => data::export(g, &contribution, out.as_deref()).await,
+    }
+}

@@ -1,0 +1,255 @@
+//! The store: the only module that touches sled and the iroh-blobs blob store.
+//!
+//! A datadir holds `db/` (sled: manifests, contribution records, their local metadata and the
+//! Datanet-wide indexes used for deduplication) and `blobs/` (an iroh-blobs `FsStore`: record
+//! chunks, HashSeqs, evaluation files, adapters, attestations). Blob bytes are checked against
+//! their hash when written and again when read back; a corrupt blob is reported, never returned.
+//!
+//! Writes that must be all-or-nothing (a contribution and every index entry it creates) go
+//! through one sled transaction over several trees, and callers acknowledge only after
+//! [`Store::flush`]. Blobs are written and synced *before* that transaction, so a crash leaves at
+//! worst unreferenced blobs, never a record whose chunks are missing.
+
+pub mod contributions;
+pub mod ledger;
+
+use crate::codec::{self, Canonical};
+use crate::ids::{BlobHash, DatanetId, RecordHash};
+use crate::manifest::{Manifest, SignedManifest};
+use iroh_blobs::store::fs::FsStore;
+use std::path::{Path, PathBuf};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database in {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("cannot open the blob store in {path}: {reason}")]
+    OpenBlobs { path: PathBuf, reason: String },
+    #[error("database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("database transaction: {0}")]
+    Transaction(String),
+    #[error("blob store: {0}")]
+    Blobs(String),
+    #[error("blob {0} is not in the store")]
+    BlobMissing(BlobHash),
+    #[error("blob {hash} is corrupt on disk (its bytes hash to {actual}); it will not be served")]
+    BlobCorrupt { hash: BlobHash, actual: BlobHash },
+    #[error("stored {what} is unreadable: {source}")]
+    Decode { what: &'static str, source: codec::DecodeError },
+}
+
+/// Sled tree names, one per kind of entry.
+pub(crate) mod trees {
+    /// DatanetId → signed manifest.
+    pub const MANIFESTS: &str = "manifests";
+    /// ContributionId → signed contribution record.
+    pub const CONTRIBUTIONS: &str = "contributions";
+    /// ContributionId → local admission metadata.
+    pub const CONTRIBUTION_META: &str = "contribution_meta";
+    /// DatanetId ‖ seq (u64 BE) → ContributionId, in local admission order.
+    pub const BY_DATANET: &str = "by_datanet";
+    /// DatanetId ‖ RecordHash → ContributionId that first admitted it here.
+    pub const RECORDS: &str = "records";
+    /// DatanetId ‖ near-duplicate key → canonical RecordHash of the cluster.
+    pub const NEAR_INDEX: &str = "near_index";
+    /// DatanetId ‖ RecordHash → MinHash signature (text Datanets).
+    pub const SIGNATURES: &str = "signatures";
+    /// Counters.
+    pub const META: &str = "meta";
+}
+
+/// A peer's persistent state: sled plus the iroh-blobs file store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: sled::Db,
+    blobs: FsStore,
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) `<datadir>/db` and `<datadir>/blobs`.
+    pub async fn open(datadir: &Path) -> Result<Self, StoreError> {
+        let db_path = datadir.join("db");
+        let db = sled::open(&db_path).map_err(|source| StoreError::Open { path: db_path, source })?;
+        let blob_path = datadir.join("blobs");
+        let blobs = FsStore::load(&blob_path)
+            .await
+            .map_err(|e| StoreError::OpenBlobs { path: blob_path, reason: format!("{e:#}") })?;
+        Ok(Store { db, blobs, root: datadir.to_path_buf() })
+    }
+
+    /// The datadir this store lives in.
+    pub fn datadir(&self) -> &Path {
+        &self.root
+    }
+
+    /// The sled database (for other `store` submodules).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// The iroh-blobs store (for `net` to serve and fetch into).
+    pub fn blobs(&self) -> &FsStore {
+        &self.blobs
+    }
+
+    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// Makes every sled write so far durable, then the blob store's metadata.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.blobs.sync_db().await.map_err(|e| StoreError::Blobs(e.to_string()))?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Flushes and shuts the blob store down.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.flush().await?;
+        self.blobs.shutdown().await.map_err(|e| StoreError::Blobs(e.to_string()))?;
+        Ok(())
+    }
+
+    // ---- blobs -------------------------------------------------------------------------------
+
+    /// Stores `bytes` under a persistent tag and returns their BLAKE3 hash.
+    pub async fn put_blob(&self, bytes: Vec<u8>) -> Result<BlobHash, StoreError> {
+        let expected = BlobHash::of(&bytes);
+        let tag = self.blobs.add_bytes(bytes).await.map_err(|e| StoreError::Blobs(e.to_string()))?;
+        let got = BlobHash(*tag.hash.as_bytes());
+        if got != expected {
+            return Err(StoreError::BlobCorrupt { hash: expected, actual: got });
+        }
+        Ok(got)
+    }
+
+    /// Reads a whole blob, checking its bytes against the hash.
+    pub async fn get_blob(&self, hash: &BlobHash) -> Result<Vec<u8>, StoreError> {
+        if !self.has_blob(hash).await? {
+            return Err(StoreError::BlobMissing(*hash));
+        }
+        let bytes = self
+            .blobs
+            .get_bytes(iroh_blobs::Hash::from_bytes(hash.0))
+            .await
+            .map_err(|e| StoreError::Blobs(format!("reading blob {}: {e}", hash.short())))?;
+        let actual = BlobHash::of(&bytes);
+        if &actual != hash {
+            tracing::error!(target: "datanet::store", blob = %hash, %actual, "corrupt blob on disk");
+            return Err(StoreError::BlobCorrupt { hash: *hash, actual });
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Whether the blob is completely present.
+    pub async fn has_blob(&self, hash: &BlobHash) -> Result<bool, StoreError> {
+        self.blobs.has(iroh_blobs::Hash::from_bytes(hash.0)).await.map_err(|e| StoreError::Blobs(e.to_string()))
+    }
+
+    /// Where a blob's bytes live on disk when they are not inlined in the blob database
+    /// (used by the corruption tests and the operator's repair tools).
+    pub fn blob_data_path(&self, hash: &BlobHash) -> PathBuf {
+        self.root.join("blobs").join("data").join(format!("{}.data", iroh_blobs::Hash::from_bytes(hash.0).to_hex()))
+    }
+
+    // ---- manifests ---------------------------------------------------------------------------
+
+    /// Stores a verified signed manifest under its id.
+    pub async fn put_manifest(&self, m: &SignedManifest) -> Result<DatanetId, StoreError> {
+        let id = m.body.id();
+        self.tree(trees::MANIFESTS)?.insert(id.0, m.to_bytes())?;
+        self.flush().await?;
+        Ok(id)
+    }
+
+    /// The signed manifest of a Datanet, if known here.
+    pub fn manifest(&self, id: &DatanetId) -> Result<Option<SignedManifest>, StoreError> {
+        match self.tree(trees::MANIFESTS)?.get(id.0)? {
+            None => Ok(None),
+            Some(v) => codec::decode(&v).map(Some).map_err(|source| StoreError::Decode { what: "manifest", source }),
+        }
+    }
+
+    /// Every known Datanet.
+    pub fn manifests(&self) -> Result<Vec<(DatanetId, SignedManifest)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree(trees::MANIFESTS)?.iter() {
+            let (k, v) = kv?;
+            let m: SignedManifest = codec::decode(&v).map_err(|source| StoreError::Decode { what: "manifest", source })?;
+            out.push((DatanetId(k.as_ref().try_into().unwrap_or([0; 32])), m));
+        }
+        Ok(out)
+    }
+
+    /// Resolves a Datanet given as full id, unique id prefix or name.
+    pub fn resolve_datanet(&self, key: &str) -> Result<Option<(DatanetId, Manifest)>, StoreError> {
+        let all = self.manifests()?;
+        let hits: Vec<_> = all
+            .into_iter()
+            .filter(|(id, m)| id.to_hex() == key || (key.len() >= 4 && id.to_hex().starts_with(key)) || m.body.name == key)
+            .collect();
+        Ok(if hits.len() == 1 { hits.into_iter().next().map(|(id, m)| (id, m.body)) } else { None })
+    }
+
+    // ---- generic keyed access for other store rooms ------------------------------------------
+
+    /// Reads and decodes one canonical value from a tree.
+    pub(crate) fn get_canonical<T: Canonical>(&self, tree: &str, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.tree(tree)?.get(key)? {
+            None => Ok(None),
+            Some(v) => codec::decode(&v).map(Some).map_err(|source| StoreError::Decode { what: "entry", source }),
+        }
+    }
+}
+
+/// `a ‖ b` as a sled key.
+pub(crate) fn key2(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len());
+    k.extend_from_slice(a);
+    k.extend_from_slice(b);
+    k
+}
+
+/// A record hash plus Datanet as a `records` key.
+pub(crate) fn record_key(d: &DatanetId, r: &RecordHash) -> Vec<u8> {
+    key2(&d.0, &r.0)
+}
+
+/// Contribution ids of a Datanet in local admission order.
+pub(crate) fn datanet_prefix(d: &DatanetId) -> [u8; 32] {
+    d.0
+}
+
+impl Store {
+    /// A digest of everything stored: every sled tree's entries and every blob hash. Two equal
+    /// digests mean nothing was added, removed or changed (used by the "bad input stores nothing"
+    /// tests and by `datanet debug digest`).
+    pub async fn content_digest(&self) -> Result<blake3::Hash, StoreError> {
+        let mut h = blake3::Hasher::new();
+        let mut names = self.db.tree_names();
+        names.sort();
+        for name in names {
+            h.update(&(name.len() as u64).to_le_bytes());
+            h.update(&name);
+            for kv in self.db.open_tree(&name)?.iter() {
+                let (k, v) = kv?;
+                h.update(&(k.len() as u64).to_le_bytes());
+                h.update(&k);
+                h.update(&(v.len() as u64).to_le_bytes());
+                h.update(&v);
+            }
+        }
+        let mut hashes: Vec<[u8; 32]> = (self.blobs.list().hashes().await.map_err(|e| StoreError::Blobs(e.to_string()))?)
+            .into_iter()
+            .map(|x| *x.as_bytes())
+            .collect();
+        hashes.sort();
+        for x in hashes {
+            h.update(&x);
+        }
+        Ok(h.finalize())
+    }
+}
