@@ -44,3 +44,10 @@ bench-ingest: release
 
 clean-cache:
 	rm -rf $(VENV)
+
+# Swarm benchmarks (issue 3): loopback only.
+bench-gossip: setup
+	$(CARGO) run --release --example swarm_bench -- gossip --peers 32 --rounds 10
+
+bench-replicate: setup
+	$(CARGO) run --release --example swarm_bench -- replicate --mb 256

@@ -10,3 +10,7 @@ pub mod manifest;
 pub mod admission;
 pub mod store;
 pub mod attribution;
+pub mod config;
+pub mod net;
+pub mod daemon;
+pub mod api;

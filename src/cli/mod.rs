@@ -2,6 +2,8 @@
 //! holds the top-level parser and the options every command shares.
 
 pub mod data;
+pub mod node;
+pub mod run;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -64,6 +66,10 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run the daemon: join Datanets, gossip, replicate, serve the local API (until SIGINT/SIGTERM).
+    Run(run::RunArgs),
+    #[command(flatten)]
+    Node(node::NodeCmd),
 }
 
 /// Runs the parsed command line.
@@ -79,5 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Contribute { datanet, file, skip_invalid } => data::contribute(g, &datanet, &file, skip_invalid).await,
         Command::Contributions { datanet } => data::contributions(g, &datanet).await,
         Command::Export { contribution, out } => data::export(g, &contribution, out.as_deref()).await,
+        Command::Run(args) => run::run(args, g).await,
+        Command::Node(cmd) => node::run(cmd, g).await,
     }
 }

@@ -1,0 +1,358 @@
+//! The daemon's configuration: one TOML file whose sections mirror the rooms (`[net]`, `[api]`,
+//! `[datanets]`).
+//!
+//! Every key has a default (`serde(default)`), so an empty file is a valid loopback-only config.
+//! Precedence, lowest first: defaults, the file, `DATANET_*` environment variables, command-line
+//! flags (applied by `datanet run`). [`Config::validate`] names the key that is wrong.
+//! `config/example.toml` documents every key and is parsed by a test.
+
+use crate::ids::DatanetId;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Data folder (identity, database, blobs, API cookie). Empty: the `--datadir` flag's value.
+    pub datadir: Option<PathBuf>,
+    /// Peer-to-peer networking.
+    pub net: NetConfig,
+    /// The local HTTP API.
+    pub api: ApiConfig,
+    /// Which Datanets this peer serves.
+    pub datanets: DatanetsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { datadir: None, net: NetConfig::default(), api: ApiConfig::default(), datanets: DatanetsConfig::default() }
+    }
+}
+
+/// `[net]`: libp2p (gossip, discovery, catch-up) and iroh (blob transfer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetConfig {
+    /// libp2p listen multiaddrs (TCP and QUIC). Port 0 lets the OS choose.
+    pub listen: Vec<String>,
+    /// Socket address the iroh endpoint (blob transfer) binds to.
+    pub iroh_bind: String,
+    /// Bootstrap peers: multiaddrs ending in `/p2p/<peer id>`, added to those of `seeds_file`
+    /// and of each joined Datanet's manifest.
+    pub seeds: Vec<String>,
+    /// A TOML file with `seeds = [...]` (such as `config/seeds.toml`); empty for none.
+    pub seeds_file: Option<PathBuf>,
+    /// Use iroh's public relays and public address discovery. Off: nothing but the configured
+    /// addresses and what peers tell us over gossip is ever used.
+    pub public: bool,
+    /// Most peers connected at once (libp2p connections are refused beyond it).
+    pub peers_max: u32,
+    /// Largest gossip message payload accepted; larger ones are rejected and cost the sender score.
+    pub gossip_message_bytes_max: u32,
+    /// Gossipsub heartbeat.
+    pub gossip_heartbeat_ms: u64,
+    /// Gossipsub target mesh degree (low and high bounds are derived from it).
+    pub gossip_mesh_n: u32,
+    /// Contribution fetches running at once; more announcements wait.
+    pub fetch_in_flight_max: u32,
+    /// Time one fetch attempt may take before the providers are considered unresponsive.
+    pub fetch_timeout_ms: u64,
+    /// Attempts per announced contribution before it is given up (until announced again).
+    pub fetch_attempts_max: u32,
+    /// Contributions waiting for a fetch slot; announcements beyond it are ignored.
+    pub fetch_queue_max: u32,
+    /// First delay before redialing a seed that is down; doubles up to `reconnect_backoff_max_ms`.
+    pub reconnect_backoff_min_ms: u64,
+    /// Longest delay between redials of a seed.
+    pub reconnect_backoff_max_ms: u64,
+    /// Connections with no traffic are closed after this long.
+    pub idle_connection_timeout_secs: u64,
+    /// How often this peer re-publishes its signed peer record.
+    pub peer_record_interval_secs: u64,
+    /// Most contribution ids or records in one catch-up response.
+    pub catchup_batch_max: u32,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into(), "/ip4/127.0.0.1/udp/0/quic-v1".into()],
+            iroh_bind: "127.0.0.1:0".into(),
+            seeds: Vec::new(),
+            seeds_file: None,
+            public: false,
+            peers_max: 64,
+            gossip_message_bytes_max: 64 * 1024,
+            gossip_heartbeat_ms: 500,
+            gossip_mesh_n: 6,
+            fetch_in_flight_max: 8,
+            fetch_timeout_ms: 30_000,
+            fetch_attempts_max: 5,
+            fetch_queue_max: 4096,
+            reconnect_backoff_min_ms: 500,
+            reconnect_backoff_max_ms: 60_000,
+            idle_connection_timeout_secs: 120,
+            peer_record_interval_secs: 30,
+            catchup_batch_max: 256,
+        }
+    }
+}
+
+/// `[api]`: the local HTTP API the CLI talks to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the API listens on. Port 0 lets the OS choose; the bound address is written to
+    /// `<datadir>/api.addr` for the CLI.
+    pub bind: String,
+    /// Allow `bind` to be a non-loopback address (the token still guards every call).
+    pub allow_non_loopback: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { bind: "127.0.0.1:0".into(), allow_non_loopback: false }
+    }
+}
+
+/// `[datanets]`: the Datanets this peer joins at start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatanetsConfig {
+    /// Datanet ids (64 hex digits) whose manifests are already in the store, or paths to signed
+    /// manifest files.
+    pub join: Vec<String>,
+}
+
+/// `config/seeds.toml`: a list of bootstrap peers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeedsFile {
+    /// Multiaddrs ending in `/p2p/<peer id>`.
+    pub seeds: Vec<String>,
+}
+
+/// One entry of `[datanets] join`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JoinTarget {
+    Id(DatanetId),
+    ManifestFile(PathBuf),
+}
+
+impl JoinTarget {
+    /// A 64-hex-digit string is an id; anything else a manifest file path.
+    pub fn parse(s: &str) -> Self {
+        match s.parse::<DatanetId>() {
+            Ok(id) => JoinTarget::Id(id),
+            Err(_) => JoinTarget::ManifestFile(PathBuf::from(s)),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text (no validation).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), reason: e.to_string() })
+    }
+
+    /// Reads and parses a file (no validation).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Applies `DATANET_*` overrides read through `var` (the process environment in production).
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let list = |s: String| s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect();
+        if let Some(v) = var("DATANET_LISTEN") {
+            self.net.listen = list(v);
+        }
+        if let Some(v) = var("DATANET_SEEDS") {
+            self.net.seeds = list(v);
+        }
+        if let Some(v) = var("DATANET_IROH_BIND") {
+            self.net.iroh_bind = v;
+        }
+        if let Some(v) = var("DATANET_API_BIND") {
+            self.api.bind = v;
+        }
+        if let Some(v) = var("DATANET_JOIN") {
+            self.datanets.join = list(v);
+        }
+        if let Some(v) = var("DATANET_PUBLIC") {
+            self.net.public = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = var("DATANET_PEERS_MAX") {
+            self.net.peers_max = v.parse().map_err(|_| invalid("DATANET_PEERS_MAX", format!("{v:?} is not a count")))?;
+        }
+        Ok(())
+    }
+
+    /// Checks every key; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = &self.net;
+        if n.listen.is_empty() {
+            return Err(invalid("net.listen", "needs at least one multiaddr"));
+        }
+        for (i, a) in n.listen.iter().enumerate() {
+            a.parse::<libp2p::Multiaddr>().map_err(|e| invalid(format!("net.listen[{i}]"), format!("{a:?}: {e}")))?;
+        }
+        n.iroh_bind
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("net.iroh_bind", format!("{:?} is not ip:port: {e}", n.iroh_bind)))?;
+        for (i, s) in n.seeds.iter().enumerate() {
+            crate::net::parse_seed_addr(s).map_err(|e| invalid(format!("net.seeds[{i}]"), e.to_string()))?;
+        }
+        let positive = [
+            ("net.peers_max", n.peers_max as u64),
+            ("net.gossip_message_bytes_max", n.gossip_message_bytes_max as u64),
+            ("net.gossip_heartbeat_ms", n.gossip_heartbeat_ms),
+            ("net.gossip_mesh_n", n.gossip_mesh_n as u64),
+            ("net.fetch_in_flight_max", n.fetch_in_flight_max as u64),
+            ("net.fetch_timeout_ms", n.fetch_timeout_ms),
+            ("net.fetch_attempts_max", n.fetch_attempts_max as u64),
+            ("net.fetch_queue_max", n.fetch_queue_max as u64),
+            ("net.reconnect_backoff_min_ms", n.reconnect_backoff_min_ms),
+            ("net.idle_connection_timeout_secs", n.idle_connection_timeout_secs),
+            ("net.peer_record_interval_secs", n.peer_record_interval_secs),
+            ("net.catchup_batch_max", n.catchup_batch_max as u64),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if n.gossip_message_bytes_max > 1024 * 1024 {
+            return Err(invalid("net.gossip_message_bytes_max", "must be at most 1048576 (1 MiB)"));
+        }
+        if n.reconnect_backoff_max_ms < n.reconnect_backoff_min_ms {
+            return Err(invalid("net.reconnect_backoff_max_ms", "must be at least net.reconnect_backoff_min_ms"));
+        }
+        let api: SocketAddr =
+            self.api.bind.parse().map_err(|e| invalid("api.bind", format!("{:?} is not ip:port: {e}", self.api.bind)))?;
+        if !api.ip().is_loopback() && !self.api.allow_non_loopback {
+            return Err(invalid(
+                "api.bind",
+                format!("{api} is not a loopback address; set api.allow_non_loopback = true to expose the API"),
+            ));
+        }
+        for (i, j) in self.datanets.join.iter().enumerate() {
+            if j.trim().is_empty() {
+                return Err(invalid(format!("datanets.join[{i}]"), "empty entry"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the seeds file, if one is configured, and returns every configured seed.
+    pub fn all_seeds(&self) -> Result<Vec<String>, ConfigError> {
+        let mut out = self.net.seeds.clone();
+        if let Some(p) = &self.net.seeds_file {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+            let f: SeedsFile =
+                toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.clone(), reason: e.to_string() })?;
+            for (i, s) in f.seeds.iter().enumerate() {
+                crate::net::parse_seed_addr(s)
+                    .map_err(|e| invalid(format!("{}: seeds[{i}]", p.display()), e.to_string()))?;
+            }
+            out.extend(f.seeds);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(p: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+    }
+
+    // config/example.toml parses, validates, and documents every key with the default value.
+    #[test]
+    fn example_parses_and_matches_defaults() {
+        let c = Config::load(&repo("config/example.toml")).unwrap();
+        c.validate().unwrap();
+        let mut d = Config::default();
+        d.net.seeds_file = c.net.seeds_file.clone();
+        d.datadir = c.datadir.clone();
+        assert_eq!(c, d, "example.toml should show the defaults");
+    }
+
+    // config/seeds.toml parses and each entry is a valid seed multiaddr.
+    #[test]
+    fn seeds_file_parses() {
+        let mut c = Config::default();
+        c.net.seeds_file = Some(repo("config/seeds.toml"));
+        c.all_seeds().unwrap();
+    }
+
+    // An empty file is the default config and is valid.
+    #[test]
+    fn empty_is_default() {
+        let c = Config::from_toml("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+    }
+
+    // Bad values are reported with the exact key to fix.
+    #[test]
+    fn validate_names_bad_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[net]\nlisten = [\"not a multiaddr\"]", "net.listen[0]"),
+            ("[net]\nseeds = [\"/ip4/127.0.0.1/tcp/1\"]", "net.seeds[0]"),
+            ("[net]\nfetch_in_flight_max = 0", "net.fetch_in_flight_max"),
+            ("[net]\niroh_bind = \"nowhere\"", "net.iroh_bind"),
+            ("[api]\nbind = \"0.0.0.0:80\"", "api.bind"),
+            ("[net]\nreconnect_backoff_min_ms = 10\nreconnect_backoff_max_ms = 5", "net.reconnect_backoff_max_ms"),
+        ];
+        for (text, key) in cases {
+            let e = Config::from_toml(text, Path::new("x.toml")).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+    }
+
+    // Unknown keys are refused at parse time, naming the key.
+    #[test]
+    fn unknown_key_refused() {
+        let e = Config::from_toml("[net]\nlisten_on = []", Path::new("x.toml")).unwrap_err().to_string();
+        assert!(e.contains("listen_on"), "{e}");
+    }
+
+    // DATANET_* variables override the file.
+    #[test]
+    fn env_overrides() {
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "DATANET_API_BIND" => Some("127.0.0.1:9999".into()),
+            "DATANET_LISTEN" => Some("/ip4/127.0.0.1/tcp/7000, /ip4/127.0.0.1/udp/7000/quic-v1".into()),
+            "DATANET_PUBLIC" => Some("true".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.api.bind, "127.0.0.1:9999");
+        assert_eq!(c.net.listen.len(), 2);
+        assert!(c.net.public);
+        c.validate().unwrap();
+        assert!(c.apply_env(|k| (k == "DATANET_PEERS_MAX").then(|| "many".into())).is_err());
+    }
+}
