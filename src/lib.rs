@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod admission;
 pub mod store;
 pub mod attribution;
+pub mod trainer;
 pub mod config;
 pub mod net;
 pub mod daemon;

@@ -2,6 +2,7 @@
 //! holds the top-level parser and the options every command shares.
 
 pub mod data;
+pub mod train;
 pub mod node;
 pub mod run;
 
@@ -70,6 +71,8 @@ pub enum Command {
     Run(run::RunArgs),
     #[command(flatten)]
     Node(node::NodeCmd),
+    #[command(flatten)]
+    Trainer(train::TrainerCmd),
 }
 
 /// Runs the parsed command line.
@@ -87,5 +90,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export { contribution, out } => data::export(g, &contribution, out.as_deref()).await,
         Command::Run(args) => run::run(args, g).await,
         Command::Node(cmd) => node::run(cmd, g).await,
+        Command::Trainer(cmd) => train::run(cmd, g).await,
     }
 }
