@@ -1,0 +1,425 @@
+//! Attribution: who gets how much of an epoch's reward pool, paid for impact and not for volume
+//! (DESIGN.md §7). A pure core: no I/O, no clocks, no floats from [`plan`] on, so the daemon, the
+//! simulator, `datanet attribute` and DatanetBench run the same code and honest peers derive
+//! identical bytes.
+//!
+//! # Flow
+//! 1. [`features`]: each canonical record becomes a deterministic fixed-point feature vector
+//!    ([`features::Featurizer`]). Not float embeddings of the frozen base: units and the screen must
+//!    be bit-identical on every machine, whatever its CPU, GPU or thread count, so features are
+//!    computed with integer arithmetic from the canonical record (tabular: standardized with integer
+//!    statistics of the public evaluation set at scale 2^16; text: hashed character 3-gram bag,
+//!    L2-normalized in fixed point).
+//! 2. [`plan`]: near-duplicate clusters keep only their canonical record; [`screen`] computes exact
+//!    KNN-Shapley values against the public evaluation set and excludes the low tail (reported per
+//!    contributor); [`units`] forms content units by seeded integer k-means; each unit's contributor
+//!    shares count the canonical records each contributor supplied first; [`jobs`] draws the
+//!    coalitions from the epoch seed. The result is an [`EpochPlan`].
+//! 3. Someone measures each job: [`EpochPlan::job_records`] names the records a job trains on (at
+//!    most `records_per_unit_max` per unit), the trainer returns u(S) in micro-units. Several peers'
+//!    reports become one utility per job with [`reports::median_table`].
+//! 4. [`score`] / [`score_table`]: MSR-Banzhaf value per unit, credit = Σ max(0, φ) × share with each
+//!    unit's part capped, rewards = largest-remainder split of the pool (ties by key). The
+//!    [`CreditLeaf`]s are canonical and sorted by key; [`credit_root`] is what the committee signs.
+//!
+//! Players are units, never identities: copying records adds nothing (admission credits the first
+//! contributor; near-duplicates join a cluster), splitting an identity only splits its shares.
+//!
+//! Callers: `attribution::epoch` (the agreement state machine), `cli::attribute`, `bench::attribution`.
+
+pub mod epoch;
+pub mod features;
+pub mod jobs;
+pub mod reports;
+pub mod screen;
+pub mod units;
+pub mod value;
+
+use crate::codec::{self, Canonical};
+use crate::ids::{MerkleRoot, PeerKey, RecordHash};
+use crate::manifest::Manifest;
+use features::Embedding;
+use serde::{Deserialize, Serialize};
+
+pub use jobs::coalitions;
+pub use reports::{MedianTable, Report, median_table};
+
+const TRAIN_ORDER_CONTEXT: &str = "datanet/attribution/train-order/v1";
+
+/// One admitted record of the epoch's frozen input set, as attribution sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputRecord {
+    /// Hash of the canonical record.
+    pub hash: RecordHash,
+    /// The contributor credited with it (first commitment).
+    pub contributor: PeerKey,
+    /// Canonical record of its near-duplicate cluster (its own hash when it is canonical).
+    pub cluster: RecordHash,
+    /// Its fixed-point features ([`features::Featurizer::embed`]).
+    pub embedding: Embedding,
+}
+
+/// Knobs of an epoch's attribution; every peer must use the same ones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochParams {
+    /// T: coalition jobs per epoch.
+    pub jobs: u32,
+    /// Records per unit k-means aims for, and the band units are cut or merged into.
+    pub unit_records_target: u32,
+    pub unit_records_min: u32,
+    pub unit_records_max: u32,
+    /// Most units an epoch may have.
+    pub unit_count_max: u32,
+    pub kmeans_iterations: u32,
+    /// K of the KNN-Shapley screen.
+    pub screen_k: u32,
+    /// Evaluation points the screen uses at most (the first in hash order).
+    pub screen_eval_max: u32,
+    /// Largest fraction of records the screen may exclude, in ppm.
+    pub screen_tail_max_ppm: u32,
+    /// Records per unit a job trains on at most (from the recipe).
+    pub records_per_unit_max: u32,
+    /// Credit units paid this epoch.
+    pub pool: u64,
+    /// Largest part of the total positive value one unit may count for, in ppm.
+    pub unit_cap_ppm: u32,
+}
+
+impl EpochParams {
+    /// Defaults for a manifest: its pool and per-unit record cap, `jobs` coalitions.
+    pub fn from_manifest(m: &Manifest, jobs: u32) -> Self {
+        EpochParams {
+            records_per_unit_max: m.recipe.records_per_unit_max,
+            pool: m.reward_pool,
+            ..EpochParams::with_jobs(jobs)
+        }
+    }
+
+    /// Defaults with `jobs` coalitions, pool 1,000,000 and 64 records per unit per job.
+    pub fn with_jobs(jobs: u32) -> Self {
+        EpochParams {
+            jobs,
+            unit_records_target: 200,
+            unit_records_min: 50,
+            unit_records_max: 500,
+            unit_count_max: 1000,
+            kmeans_iterations: 10,
+            screen_k: 10,
+            screen_eval_max: 500,
+            screen_tail_max_ppm: 300_000,
+            records_per_unit_max: 64,
+            pool: 1_000_000,
+            unit_cap_ppm: 500_000,
+        }
+    }
+
+    /// Checks the knobs, naming the bad one.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        let bad = |key: &'static str, reason: &str| Err(PlanError::Param { key, reason: reason.to_string() });
+        if self.jobs == 0 || self.jobs > 1_000_000 {
+            return bad("jobs", "must be between 1 and 1000000");
+        }
+        if self.unit_records_min == 0 || self.unit_records_min > self.unit_records_max {
+            return bad("unit_records_min", "must be at least 1 and at most unit_records_max");
+        }
+        if !(self.unit_records_min..=self.unit_records_max).contains(&self.unit_records_target) {
+            return bad("unit_records_target", "must lie between unit_records_min and unit_records_max");
+        }
+        if self.unit_count_max == 0 || self.unit_count_max > 100_000 {
+            return bad("unit_count_max", "must be between 1 and 100000");
+        }
+        if self.kmeans_iterations == 0 || self.kmeans_iterations > 100 {
+            return bad("kmeans_iterations", "must be between 1 and 100");
+        }
+        if self.screen_k == 0 {
+            return bad("screen_k", "must be at least 1");
+        }
+        if self.screen_tail_max_ppm > 1_000_000 || self.unit_cap_ppm == 0 || self.unit_cap_ppm > 1_000_000 {
+            return bad("unit_cap_ppm", "ppm values must be in 1..=1000000");
+        }
+        if self.records_per_unit_max == 0 {
+            return bad("records_per_unit_max", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// A content unit: its records in this epoch's training order and its contributors' shares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    /// Canonical, unscreened records, ordered by BLAKE3(seed ‖ hash): a job takes the first
+    /// `records_per_unit_max`.
+    pub records: Vec<RecordHash>,
+    /// (contributor, records it supplied first), sorted by key; the share is count / records.len().
+    pub shares: Vec<(PeerKey, u32)>,
+}
+
+/// What a contributor brought to the epoch, for tables and the quality signal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContributorSummary {
+    pub contributor: PeerKey,
+    /// Records credited to it (first commitment).
+    pub records: u32,
+    /// Of those, near-duplicates of another canonical record (no credit).
+    pub near_duplicates: u32,
+    /// Canonical records the screen excluded (its quality signal).
+    pub screened_out: u32,
+    /// Units it holds a share of.
+    pub units: u32,
+}
+
+/// Everything an epoch's attribution needs besides the utilities; deterministic in its inputs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochPlan {
+    pub seed: [u8; 32],
+    pub params: EpochParams,
+    pub units: Vec<Unit>,
+    /// coalitions[job][unit]
+    pub coalitions: Vec<Vec<bool>>,
+    /// Sorted by key: every contributor of the input set.
+    pub contributors: Vec<ContributorSummary>,
+    /// KNN-Shapley value (scale 2^40) of every canonical record, sorted by hash.
+    pub record_values: Vec<(RecordHash, i64)>,
+    /// Records the screen excluded, sorted.
+    pub screened: Vec<RecordHash>,
+}
+
+impl EpochPlan {
+    /// Number of coalition jobs.
+    pub fn job_count(&self) -> u32 {
+        self.coalitions.len() as u32
+    }
+
+    /// The records job `job` trains on: for each unit in its coalition (in unit order), the first
+    /// `records_per_unit_max` of the unit's records. `None` for a job that does not exist.
+    pub fn job_records(&self, job: u32) -> Option<Vec<RecordHash>> {
+        let c = self.coalitions.get(job as usize)?;
+        let cap = self.params.records_per_unit_max as usize;
+        Some(
+            self.units
+                .iter()
+                .zip(c)
+                .filter(|(_, b)| **b)
+                .flat_map(|(u, _)| u.records.iter().take(cap).copied())
+                .collect(),
+        )
+    }
+}
+
+/// Why a plan could not be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("parameter `{key}`: {reason}")]
+    Param { key: &'static str, reason: String },
+    #[error("record {0} appears twice in the input set")]
+    DuplicateRecord(RecordHash),
+    #[error("record {hash} has {got} features, others have {want}")]
+    Dimensions { hash: RecordHash, got: usize, want: usize },
+}
+
+/// Builds the epoch plan from the frozen input set (any order), the public evaluation set's
+/// embeddings and the epoch seed. Pure and deterministic.
+pub fn plan(
+    records: &[InputRecord],
+    eval: &[Embedding],
+    epoch_seed: [u8; 32],
+    params: &EpochParams,
+) -> Result<EpochPlan, PlanError> {
+    params.validate()?;
+    let mut recs: Vec<&InputRecord> = records.iter().collect();
+    recs.sort_by_key(|r| r.hash);
+    for w in recs.windows(2) {
+        if w[0].hash == w[1].hash {
+            return Err(PlanError::DuplicateRecord(w[0].hash));
+        }
+    }
+    if let Some(first) = recs.first() {
+        let want = first.embedding.features.len();
+        if let Some(r) = recs.iter().find(|r| r.embedding.features.len() != want) {
+            return Err(PlanError::Dimensions { hash: r.hash, got: r.embedding.features.len(), want });
+        }
+        if let Some(e) = eval.iter().find(|e| e.features.len() != want) {
+            return Err(PlanError::Dimensions { hash: RecordHash::default(), got: e.features.len(), want });
+        }
+    }
+    let present = |h: &RecordHash| recs.binary_search_by_key(h, |r| r.hash).is_ok();
+    let canonical: Vec<&InputRecord> =
+        recs.iter().copied().filter(|r| r.cluster == r.hash || !present(&r.cluster)).collect();
+
+    // Screen: exact KNN-Shapley against the first `screen_eval_max` eval points in canonical order.
+    let mut eval_sorted: Vec<&Embedding> = eval.iter().collect();
+    eval_sorted.sort_by(|a, b| (&a.features, a.label).cmp(&(&b.features, b.label)));
+    eval_sorted.truncate(params.screen_eval_max as usize);
+    let train: Vec<&Embedding> = canonical.iter().map(|r| &r.embedding).collect();
+    let values = screen::knn_shapley(&train, &eval_sorted, params.screen_k);
+    let excluded = screen::low_tail(&values, params.screen_tail_max_ppm);
+    let record_values: Vec<(RecordHash, i64)> = canonical.iter().zip(&values).map(|(r, &v)| (r.hash, v)).collect();
+    let screened: Vec<RecordHash> = canonical.iter().zip(&excluded).filter(|(_, x)| **x).map(|(r, _)| r.hash).collect();
+    let kept: Vec<&InputRecord> = canonical.iter().zip(&excluded).filter(|(_, x)| !**x).map(|(r, _)| *r).collect();
+
+    // Units over the kept canonical records.
+    let shape = units::UnitShape {
+        records_target: params.unit_records_target,
+        records_min: params.unit_records_min,
+        records_max: params.unit_records_max,
+        count_max: params.unit_count_max,
+        iterations: params.kmeans_iterations,
+    };
+    let points: Vec<(RecordHash, &[i32])> = kept.iter().map(|r| (r.hash, r.embedding.features.as_slice())).collect();
+    let groups = units::form_units(epoch_seed, &points, &shape);
+    let order_key = |h: &RecordHash| {
+        let mut x = blake3::Hasher::new_derive_key(TRAIN_ORDER_CONTEXT);
+        x.update(&epoch_seed);
+        x.update(h.as_bytes());
+        *x.finalize().as_bytes()
+    };
+    let units: Vec<Unit> = groups
+        .iter()
+        .map(|g| {
+            let mut members: Vec<&InputRecord> = g.iter().map(|&i| kept[i]).collect();
+            members.sort_by_cached_key(|r| order_key(&r.hash));
+            let mut shares: Vec<(PeerKey, u32)> = Vec::new();
+            let mut owners: Vec<PeerKey> = members.iter().map(|r| r.contributor).collect();
+            owners.sort();
+            for o in owners {
+                match shares.last_mut() {
+                    Some((k, n)) if *k == o => *n += 1,
+                    _ => shares.push((o, 1)),
+                }
+            }
+            Unit { records: members.iter().map(|r| r.hash).collect(), shares }
+        })
+        .collect();
+
+    // Per-contributor summary.
+    let mut summary: std::collections::BTreeMap<PeerKey, ContributorSummary> = Default::default();
+    for r in &recs {
+        let s = summary
+            .entry(r.contributor)
+            .or_insert_with(|| ContributorSummary { contributor: r.contributor, ..Default::default() });
+        s.records += 1;
+        if !(r.cluster == r.hash || !present(&r.cluster)) {
+            s.near_duplicates += 1;
+        }
+    }
+    let screened_set: std::collections::BTreeSet<RecordHash> = screened.iter().copied().collect();
+    for r in &canonical {
+        if screened_set.contains(&r.hash) {
+            summary.get_mut(&r.contributor).expect("contributor present").screened_out += 1;
+        }
+    }
+    for u in &units {
+        for (k, _) in &u.shares {
+            summary.get_mut(k).expect("contributor present").units += 1;
+        }
+    }
+
+    Ok(EpochPlan {
+        seed: epoch_seed,
+        params: params.clone(),
+        coalitions: jobs::coalitions(epoch_seed, units.len() as u32, params.jobs),
+        units,
+        contributors: summary.into_values().collect(),
+        record_values,
+        screened,
+    })
+}
+
+/// One contributor's certified result for an epoch: a leaf of the credit tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CreditLeaf {
+    pub contributor: PeerKey,
+    /// Σ over units of capped max(0, φ) × share, in micro-utility.
+    pub credit: u64,
+    /// Credit units of the pool paid to it.
+    pub reward: u64,
+}
+
+impl Canonical for CreditLeaf {
+    const TAG: &'static [u8] = b"datanet/credit-leaf/v1";
+    const MAX_BYTES: usize = 32 + 10 + 10;
+}
+
+/// The values and payouts of an epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scores {
+    /// MSR-Banzhaf φ per unit, micro-utility.
+    pub unit_values: Vec<i64>,
+    /// One leaf per contributor of the input set, sorted by key.
+    pub leaves: Vec<CreditLeaf>,
+    /// Pool not paid out (unit caps, or no positive value at all); stays in the pool.
+    pub retained: u64,
+}
+
+/// Why utilities could not be scored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScoreError {
+    #[error("utility table is missing job {job} (the plan has {jobs} jobs)")]
+    MissingJob { job: u32, jobs: u32 },
+    #[error("utility table has {got} jobs, the plan has {jobs}")]
+    ExtraJobs { got: usize, jobs: u32 },
+}
+
+/// Scores a plan given one agreed utility per job (in job order).
+pub fn score(plan: &EpochPlan, utilities: &[i64]) -> Result<Scores, ScoreError> {
+    let jobs = plan.job_count();
+    if utilities.len() < jobs as usize {
+        return Err(ScoreError::MissingJob { job: utilities.len() as u32, jobs });
+    }
+    if utilities.len() > jobs as usize {
+        return Err(ScoreError::ExtraJobs { got: utilities.len(), jobs });
+    }
+    let unit_values = value::msr_banzhaf(&plan.coalitions, utilities, plan.units.len());
+    let (capped, total) = value::capped_values(&unit_values, plan.params.unit_cap_ppm);
+    let mut credit: std::collections::BTreeMap<PeerKey, u128> =
+        plan.contributors.iter().map(|c| (c.contributor, 0u128)).collect();
+    // Exact rational weights for the split: Σ_u capped_u · n_cu · (L / n_u) would need a common
+    // denominator; instead weight = Σ_u capped_u · n_cu · 2^32 / n_u (floored), credit = weight >> 32.
+    for (u, &c) in plan.units.iter().zip(&capped) {
+        let n = u.records.len() as u128;
+        for (k, cnt) in &u.shares {
+            *credit.entry(*k).or_default() += ((c as u128) << 32) * *cnt as u128 / n;
+        }
+    }
+    let capped_total: u128 = capped.iter().map(|&c| c as u128).sum();
+    let paid = if total == 0 { 0 } else { value::mul_div_rem(plan.params.pool as u128, capped_total, total).0 as u64 };
+    let weights: Vec<(PeerKey, u128)> = credit.iter().map(|(k, w)| (*k, *w)).collect();
+    let rewards = value::largest_remainder(paid, &weights);
+    let paid_out: u64 = rewards.iter().sum();
+    let leaves = weights
+        .iter()
+        .zip(&rewards)
+        .map(|((k, w), &reward)| CreditLeaf { contributor: *k, credit: (w >> 32).min(u64::MAX as u128) as u64, reward })
+        .collect();
+    Ok(Scores { unit_values, leaves, retained: plan.params.pool - paid_out })
+}
+
+/// Scores a plan from a median table; a job without an agreed utility is an error naming it.
+pub fn score_table(plan: &EpochPlan, table: &MedianTable) -> Result<Scores, ScoreError> {
+    let jobs = plan.job_count();
+    let mut utilities = Vec::with_capacity(jobs as usize);
+    for job in 0..jobs {
+        match table.utilities.get(job as usize) {
+            Some(Some(u)) => utilities.push(*u),
+            _ => return Err(ScoreError::MissingJob { job, jobs }),
+        }
+    }
+    if table.utilities.len() > jobs as usize {
+        return Err(ScoreError::ExtraJobs { got: table.utilities.len(), jobs });
+    }
+    score(plan, &utilities)
+}
+
+/// The Merkle root over the leaves' canonical hashes, in the given (sorted) order.
+pub fn credit_root(leaves: &[CreditLeaf]) -> MerkleRoot {
+    let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| *codec::hash(l).as_bytes()).collect();
+    crate::merkle::root(&hashes)
+}
+
+/// The canonical bytes of every leaf, concatenated: what "identical credit bytes" compares.
+pub fn leaves_bytes(leaves: &[CreditLeaf]) -> Vec<u8> {
+    leaves.iter().flat_map(codec::encode).collect()
+}
+
+#[cfg(test)]
+mod tests;

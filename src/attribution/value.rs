@@ -1,0 +1,153 @@
+//! From agreed utilities to money: MSR-Banzhaf unit values, capped unit parts, contributor credit
+//! and integer rewards. Integer arithmetic only, in canonical order (DESIGN.md §7, steps 3–4).
+
+use crate::ids::PeerKey;
+
+/// φ(unit) = mean(u | unit ∈ S) − mean(u | unit ∉ S) over the jobs, each mean floored; 0 when the
+/// unit was never in, or never out of, a coalition.
+pub fn msr_banzhaf(coalitions: &[Vec<bool>], utilities: &[i64], unit_count: usize) -> Vec<i64> {
+    let mut sum_in = vec![0i128; unit_count];
+    let mut sum_out = vec![0i128; unit_count];
+    let mut n_in = vec![0i128; unit_count];
+    let total: i128 = utilities.iter().map(|&u| u as i128).sum();
+    for (c, &u) in coalitions.iter().zip(utilities) {
+        for (i, _) in c.iter().enumerate().filter(|(_, b)| **b) {
+            sum_in[i] += u as i128;
+            n_in[i] += 1;
+        }
+    }
+    let jobs = utilities.len() as i128;
+    for i in 0..unit_count {
+        sum_out[i] = total - sum_in[i];
+    }
+    (0..unit_count)
+        .map(|i| {
+            let n_out = jobs - n_in[i];
+            if n_in[i] == 0 || n_out == 0 {
+                return 0;
+            }
+            let v = sum_in[i].div_euclid(n_in[i]) - sum_out[i].div_euclid(n_out);
+            v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
+        })
+        .collect()
+}
+
+/// Each unit's value counted toward credit: max(0, φ), capped at `unit_cap_ppm` of the total
+/// positive value. What a cap removes is not redistributed (it stays in the pool), so a cap never
+/// hands money to noise.
+pub fn capped_values(values: &[i64], unit_cap_ppm: u32) -> (Vec<u64>, u128) {
+    let positive: Vec<u128> = values.iter().map(|&v| v.max(0) as u128).collect();
+    let total: u128 = positive.iter().sum();
+    let cap = total * unit_cap_ppm.min(1_000_000) as u128 / 1_000_000;
+    (positive.iter().map(|&v| v.min(cap) as u64).collect(), total)
+}
+
+/// Splits `amount` in proportion to `weights` by largest remainder; ties in the remainder go to
+/// the smaller key. Keys must be distinct. Σ result = `amount` when Σ weights > 0, else all zero.
+pub fn largest_remainder(amount: u64, weights: &[(PeerKey, u128)]) -> Vec<u64> {
+    let total: u128 = weights.iter().map(|w| w.1).sum();
+    if total == 0 {
+        return vec![0; weights.len()];
+    }
+    let mut out = Vec::with_capacity(weights.len());
+    let mut rems = Vec::with_capacity(weights.len());
+    let mut given: u128 = 0;
+    for (i, (key, w)) in weights.iter().enumerate() {
+        // amount ≤ 2^64 and w ≤ total, so amount·w fits when total < 2^64; otherwise scale down.
+        let (q, r) = mul_div_rem(amount as u128, *w, total);
+        out.push(q as u64);
+        given += q;
+        rems.push((r, *key, i));
+    }
+    rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let left = (amount as u128 - given) as usize;
+    for &(_, _, i) in rems.iter().take(left) {
+        out[i] += 1;
+    }
+    out
+}
+
+/// (a·b / c, a·b mod c) without overflow for a < 2^64, b ≤ c < 2^128.
+pub(crate) fn mul_div_rem(a: u128, b: u128, c: u128) -> (u128, u128) {
+    if let Some(p) = a.checked_mul(b) {
+        return (p / c, p % c);
+    }
+    // Long multiplication by bits of a: keep q, r with q·c + r = (prefix of a)·b.
+    let (mut q, mut r) = (0u128, 0u128);
+    let (bq, br) = (b / c, b % c);
+    for bit in (0..64).rev() {
+        // double
+        q <<= 1;
+        let (r2, carry) = r.overflowing_add(r);
+        r = r2;
+        if carry || r >= c {
+            r = r.wrapping_sub(c);
+            q += 1;
+        }
+        if a >> bit & 1 == 1 {
+            q += bq;
+            let (r2, carry) = r.overflowing_add(br);
+            r = r2;
+            if carry || r >= c {
+                r = r.wrapping_sub(c);
+                q += 1;
+            }
+        }
+    }
+    (q, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    // A unit that adds 100 when present gets φ = 100; an idle unit gets 0.
+    #[test]
+    fn banzhaf_recovers_additive_game() {
+        let coalitions = vec![vec![true, true], vec![true, false], vec![false, true], vec![false, false]];
+        let utilities: Vec<i64> = coalitions.iter().map(|c| if c[0] { 100 } else { 0 }).collect();
+        assert_eq!(msr_banzhaf(&coalitions, &utilities, 2), vec![100, 0]);
+    }
+
+    // The cap clips a dominant unit and does not redistribute what it removes.
+    #[test]
+    fn cap_clips_without_redistribution() {
+        let (v, total) = capped_values(&[900, 100, -50], 500_000);
+        assert_eq!(total, 1000);
+        assert_eq!(v, vec![500, 100, 0]);
+    }
+
+    // Largest remainder: ties go to the smaller key.
+    #[test]
+    fn largest_remainder_ties_by_key() {
+        let w = vec![(PeerKey([2; 32]), 1), (PeerKey([1; 32]), 1), (PeerKey([3; 32]), 1)];
+        assert_eq!(largest_remainder(10, &w), vec![3, 4, 3]);
+    }
+
+    // Overflow-safe multiply-divide agrees with plain arithmetic where that fits.
+    #[test]
+    fn mul_div_rem_big() {
+        let c = (1u128 << 100) + 7;
+        let (q, r) = mul_div_rem(u64::MAX as u128, c - 1, c);
+        assert!(q < u64::MAX as u128 && r < c);
+        assert_eq!(mul_div_rem(10, 7, 3), (23, 1));
+    }
+
+    proptest! {
+        // Rewards always sum to the amount exactly and each is within 1 of its exact share.
+        #[test]
+        fn largest_remainder_exact(amount in 0u64..1_000_000_000, ws in proptest::collection::vec(0u128..1_000_000, 1..30)) {
+            let weights: Vec<(PeerKey, u128)> = ws.iter().enumerate().map(|(i, &w)| (PeerKey([i as u8; 32]), w)).collect();
+            let out = largest_remainder(amount, &weights);
+            let total: u128 = ws.iter().sum();
+            if total > 0 {
+                prop_assert_eq!(out.iter().map(|&x| x as u128).sum::<u128>(), amount as u128);
+                for (o, w) in out.iter().zip(&ws) {
+                    let exact = amount as u128 * w / total;
+                    prop_assert!(*o as u128 == exact || *o as u128 == exact + 1);
+                }
+            }
+        }
+    }
+}
