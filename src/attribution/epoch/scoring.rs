@@ -1,0 +1,55 @@
+//! Score a report set: the one function the leader and every member run to derive the roots
+//! they sign. Pure: the same reports (any order) and plan give the same bytes everywhere.
+//!
+//! Jobs with fewer than `min_reports` reports are re-queued: they are left out of this epoch's
+//! valuation (the plan is restricted to the remaining coalitions), and listed in the attestation.
+
+use super::certificate::report_set_root;
+use crate::attribution::{self, EpochPlan, MedianTable, Report, ScoreError, Scores};
+use crate::ids::{MerkleRoot, PeerKey};
+
+/// Everything derived from a report set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScoreOutcome {
+    /// Reports sorted by (job, reporter).
+    pub reports: Vec<Report>,
+    pub table: MedianTable,
+    pub scores: Scores,
+    pub report_set_root: MerkleRoot,
+    pub credit_root: MerkleRoot,
+    /// Reporters whose reports were flagged, with how many (their lost standing this epoch).
+    pub standing_lost: Vec<(PeerKey, u32)>,
+}
+
+/// Derives the median table, the credit and both roots from `reports`.
+pub fn score_reports(
+    plan: &EpochPlan,
+    reports: &[Report],
+    min_reports: usize,
+    tau: i64,
+) -> Result<ScoreOutcome, ScoreError> {
+    let mut sorted = reports.to_vec();
+    sorted.sort_by_key(|r| (r.job, r.reporter, r.utility));
+    let table = attribution::median_table(plan.job_count(), &sorted, min_reports, tau);
+    let kept: Vec<usize> = (0..plan.job_count() as usize).filter(|&j| table.utilities[j].is_some()).collect();
+    let scores = if kept.len() == plan.job_count() as usize {
+        attribution::score_table(plan, &table)?
+    } else {
+        let mut reduced = plan.clone();
+        reduced.coalitions = kept.iter().map(|&j| plan.coalitions[j].clone()).collect();
+        let utilities: Vec<i64> = kept.iter().map(|&j| table.utilities[j].expect("kept job has a utility")).collect();
+        attribution::score(&reduced, &utilities)?
+    };
+    let mut standing: std::collections::BTreeMap<PeerKey, u32> = Default::default();
+    for (k, _) in &table.flagged {
+        *standing.entry(*k).or_default() += 1;
+    }
+    Ok(ScoreOutcome {
+        report_set_root: report_set_root(&sorted),
+        credit_root: attribution::credit_root(&scores.leaves),
+        reports: sorted,
+        table,
+        scores,
+        standing_lost: standing.into_iter().collect(),
+    })
+}
