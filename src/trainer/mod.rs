@@ -169,3 +169,6 @@ impl TorchSession {
         TorchSession { _guard: guard }
     }
 }
+
+#[cfg(test)]
+mod tests;
