@@ -2,7 +2,7 @@
 //! what it trains and sends.
 
 use super::Sim;
-use crate::attribution::epoch::messages::{Commit, EPOCH_MESSAGE_BYTES_MAX, EpochMessage, Reveal, Sig, Vote};
+use crate::attribution::epoch::messages::{Commit, EPOCH_MESSAGE_BYTES_MAX, EpochMessage, Reveal, Vote};
 use crate::codec::{self, Signed};
 use crate::ids::MerkleRoot;
 use rand::Rng;
@@ -135,10 +135,9 @@ pub(crate) fn observe(sim: &mut Sim, i: usize, s: Strategy, bytes: &[u8]) {
         return;
     }
     let Ok(EpochMessage::Reveal(r)) = codec::decode::<EpochMessage>(bytes) else { return };
-    if r.signer == sim.members[i] {
+    if r.signer == sim.members[i] || !sim.copied.insert((i, r.body.job, r.signer)) {
         return;
     }
     let copy = Signed::sign(Reveal { ..r.body.clone() }, sim.signing_key(i));
-    let _: Option<Sig> = None;
     sim.send_bytes(i, codec::encode(&EpochMessage::Reveal(copy)), 0);
 }

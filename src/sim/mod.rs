@@ -150,6 +150,8 @@ pub struct Sim {
     oracle_values: Vec<i64>,
     /// Units each member holds a share of (self-inflation targets).
     owned_units: BTreeMap<PeerKey, BTreeSet<usize>>,
+    /// (copier, job, original reporter) already copied.
+    pub(crate) copied: BTreeSet<(usize, u32, PeerKey)>,
 }
 
 const TAU: i64 = 40_000;
@@ -233,6 +235,7 @@ impl Sim {
             report,
             oracle_values,
             owned_units: BTreeMap::new(),
+            copied: BTreeSet::new(),
             cfg,
         };
         sim.schedule_faults();

@@ -302,6 +302,9 @@ impl EpochMachine {
             return None;
         }
         let mut d = vec![self.next_rebroadcast];
+        if self.attestation.is_some() {
+            return Some(self.next_rebroadcast);
+        }
         d.extend(self.rounds.iter().filter(|r| r.cert.is_none()).filter_map(|r| r.deadline));
         if !self.revealed {
             d.extend(self.commit_deadline);
