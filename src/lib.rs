@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod api;
 pub mod attribution;
+pub mod bench;
 pub mod cli;
 pub mod codec;
 pub mod config;

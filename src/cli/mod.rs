@@ -1,6 +1,7 @@
 //! The command line: a thin client. Each area's commands live in their own file; this module
 //! holds the top-level parser and the options every command shares.
 
+pub mod attribute;
 pub mod data;
 pub mod train;
 pub mod node;
@@ -73,6 +74,8 @@ pub enum Command {
     Node(node::NodeCmd),
     #[command(flatten)]
     Trainer(train::TrainerCmd),
+    /// Run one epoch of attribution locally (every job on this peer) and print credit and rewards.
+    Attribute(attribute::AttributeArgs),
 }
 
 /// Runs the parsed command line.
@@ -91,5 +94,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args, g).await,
         Command::Node(cmd) => node::run(cmd, g).await,
         Command::Trainer(cmd) => train::run(cmd, g).await,
+        Command::Attribute(args) => attribute::run(args, g).await,
     }
 }

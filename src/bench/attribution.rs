@@ -1,0 +1,1041 @@
+//! `datanet bench attribution --data FILE --scenario FILE.toml`: attribution quality, end to end.
+//!
+//! A scenario file (`testnet/bench/*.toml`) names one of the DESIGN.md §10 scenarios and its sizes.
+//! For each seed the runner splits the data set into a public evaluation set, base-pretraining
+//! records and disjoint contributor slices; pretrains a frozen `mlp` base; then for every variant
+//! of the scenario (honest, duplicated, split into sybils, …) creates a fresh datadir, admits each
+//! contribution through the real admission path (`admission::admit_local`: canonicalization, exact
+//! and near-duplicate detection, chunks, sled), reads the records back with
+//! `Store::datanet_records`, and runs [`crate::cli::attribute::measure`] — the same plan, jobs and
+//! scoring as `datanet attribute`. Variants that produce the same coalition reuse its measured
+//! utility. It prints one row per seed, the mean and spread, a JSON line, and last a line
+//! `RESULT scenario=… metric=… value=… target=… pass=…`.
+//!
+//! Data: CSV in the layout of `../shared/data` (label last; optional first line
+//! `n_samples,n_features,class names…`; `.gz` accepted) or JSONL text (`{"text": …}`).
+
+use crate::admission::{self, canonical};
+use crate::attribution::EpochParams;
+use crate::cli::attribute::{self, UtilityCache};
+use crate::codec::Signed;
+use crate::identity::Identity;
+use crate::manifest::{Manifest, ManifestFile, TaskKind};
+use crate::store::Store;
+use crate::trainer::utility::{UtilityJob, UtilityOptions};
+use crate::trainer::{Family, init, train::TrainConfig};
+use anyhow::{Context, bail};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Options of `datanet bench attribution`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AttributionBenchArgs {
+    /// Data set: CSV (label last, optional `n_samples,n_features,classes…` header, `.gz` ok) or JSONL text.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Scenario file (see testnet/bench/).
+    #[arg(long)]
+    pub scenario: PathBuf,
+    /// Override the scenario's number of seeds.
+    #[arg(long)]
+    pub seeds: Option<u32>,
+    /// Override the scenario's coalition jobs per epoch.
+    #[arg(long)]
+    pub jobs: Option<u32>,
+}
+
+/// A loaded data set.
+#[derive(Clone, Debug)]
+pub enum Dataset {
+    Tabular { features: u32, classes: u32, rows: Vec<(Vec<f64>, u32)> },
+    Text { rows: Vec<String> },
+}
+
+impl Dataset {
+    fn len(&self) -> usize {
+        match self {
+            Dataset::Tabular { rows, .. } => rows.len(),
+            Dataset::Text { rows } => rows.len(),
+        }
+    }
+}
+
+/// Why a data file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} line {line}: {reason}")]
+    Line { path: String, line: usize, reason: String },
+    #[error("{path}: no records")]
+    Empty { path: String },
+}
+
+/// Reads a CSV (optionally gzip-compressed) or JSONL data set.
+pub fn load_data(path: &Path) -> Result<Dataset, DataError> {
+    let shown = path.display().to_string();
+    let raw = std::fs::read(path).map_err(|source| DataError::Read { path: shown.clone(), source })?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
+    let bytes = if name.ends_with(".gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|source| DataError::Read { path: shown.clone(), source })?;
+        out
+    } else {
+        raw
+    };
+    let text = String::from_utf8(bytes).map_err(|_| DataError::Line { path: shown.clone(), line: 1, reason: "not UTF-8".into() })?;
+    let line_err = |line: usize, reason: String| DataError::Line { path: shown.clone(), line, reason };
+    if name.trim_end_matches(".gz").ends_with(".jsonl") {
+        let mut rows = Vec::new();
+        for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(l).map_err(|e| line_err(i + 1, format!("not JSON: {e}")))?;
+            let t = v.get("text").and_then(Value::as_str).ok_or_else(|| line_err(i + 1, "field `text` missing".into()))?;
+            rows.push(t.to_string());
+        }
+        if rows.is_empty() {
+            return Err(DataError::Empty { path: shown });
+        }
+        return Ok(Dataset::Text { rows });
+    }
+    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l)).collect();
+    let Some(&(_, first)) = lines.first() else { return Err(DataError::Empty { path: shown }) };
+    let fields = |l: &str| l.split(',').map(str::trim).map(String::from).collect::<Vec<_>>();
+    let first_fields = fields(first);
+    let numeric = |f: &[String]| f.iter().all(|x| x.parse::<f64>().is_ok());
+    let header = !numeric(&first_fields) || lines.get(1).is_some_and(|(_, l)| fields(l).len() != first_fields.len());
+    let (mut features, mut classes, body) = (None, None, if header { &lines[1..] } else { &lines[..] });
+    if header {
+        if first_fields.len() < 4 {
+            return Err(line_err(1, "header must be `n_samples,n_features,class_name_0,class_name_1,…`".into()));
+        }
+        let nf = first_fields[1].parse::<u32>().map_err(|_| line_err(1, format!("n_features `{}` is not a count", first_fields[1])))?;
+        features = Some(nf);
+        classes = Some((first_fields.len() - 2) as u32);
+    }
+    let mut rows = Vec::with_capacity(body.len());
+    for &(line, l) in body {
+        let f = fields(l);
+        let want = features.map_or(f.len(), |n| n as usize + 1);
+        if f.len() != want || f.len() < 2 {
+            return Err(line_err(line, format!("{} fields, expected {want} (features then the label)", f.len())));
+        }
+        features.get_or_insert((f.len() - 1) as u32);
+        let mut xs = Vec::with_capacity(f.len() - 1);
+        for (j, x) in f[..f.len() - 1].iter().enumerate() {
+            let v: f64 = x.parse().map_err(|_| line_err(line, format!("feature {} `{x}` is not a number", j + 1)))?;
+            if !v.is_finite() {
+                return Err(line_err(line, format!("feature {} `{x}` is not finite", j + 1)));
+            }
+            xs.push(v);
+        }
+        let label_text = &f[f.len() - 1];
+        let label: u32 = label_text.parse().map_err(|_| line_err(line, format!("label `{label_text}` is not a class index")))?;
+        if let Some(c) = classes {
+            if label >= c {
+                return Err(line_err(line, format!("label {label} is outside the {c} classes of the header")));
+            }
+        }
+        rows.push((xs, label));
+    }
+    if rows.is_empty() {
+        return Err(DataError::Empty { path: shown });
+    }
+    let classes = classes.unwrap_or_else(|| rows.iter().map(|r| r.1).max().unwrap_or(0) + 1).max(2);
+    Ok(Dataset::Tabular { features: features.unwrap_or(0), classes, rows })
+}
+
+/// A scenario file. Unknown keys are refused; `validate` names impossible sizes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// S1, S2, S3, S4, S5, S6, S8, S9 or S11.
+    pub scenario: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "d_seeds")]
+    pub seeds: u32,
+    #[serde(default = "d_jobs")]
+    pub jobs: u32,
+    #[serde(default = "d_contributors")]
+    pub contributors: u32,
+    #[serde(default = "d_per")]
+    pub records_per_contributor: u32,
+    #[serde(default = "d_eval")]
+    pub eval_records: u32,
+    #[serde(default = "d_base")]
+    pub base_records: u32,
+    #[serde(default = "d_target")]
+    pub unit_records_target: u32,
+    #[serde(default = "d_min")]
+    pub unit_records_min: u32,
+    #[serde(default = "d_max")]
+    pub unit_records_max: u32,
+    #[serde(default = "d_rpu")]
+    pub records_per_unit_max: u32,
+    #[serde(default = "d_steps")]
+    pub steps: u32,
+    #[serde(default = "d_lr")]
+    pub learning_rate: f64,
+    #[serde(default = "d_batch")]
+    pub batch: u32,
+    #[serde(default = "d_rank")]
+    pub lora_rank: u32,
+    #[serde(default = "d_base_steps")]
+    pub base_steps: u32,
+    #[serde(default = "d_cap")]
+    pub unit_cap: f64,
+    #[serde(default = "d_digits")]
+    pub near_duplicate_digits: u32,
+    /// S3: total copies of the manipulator's data (×2 … ×10).
+    #[serde(default)]
+    pub copies: Vec<u32>,
+    /// S4: relative jitter of near-duplicate copies.
+    #[serde(default)]
+    pub jitter: f64,
+    /// S5: identities to split into.
+    #[serde(default)]
+    pub sybil: Vec<u32>,
+    /// S1/S6: fraction of labels flipped.
+    #[serde(default)]
+    pub flip_rate: f64,
+    /// S8: crafted outlier records added by the manipulator.
+    #[serde(default)]
+    pub outliers: u32,
+    /// S9: fraction of A's records that B also holds.
+    #[serde(default)]
+    pub overlap: f64,
+    /// S2: curated records from the critical classes, redundant records from the common ones.
+    #[serde(default)]
+    pub curated: u32,
+    #[serde(default)]
+    pub redundant: u32,
+    #[serde(default)]
+    pub critical_classes: Vec<u32>,
+    #[serde(default)]
+    pub critical_weight: f64,
+    /// S11: committee size and replication of each job.
+    #[serde(default = "d_committee")]
+    pub committee: u32,
+    #[serde(default = "d_replication")]
+    pub replication: u32,
+    /// Override the scenario's default target.
+    #[serde(default)]
+    pub target: Option<f64>,
+}
+
+fn d_seeds() -> u32 {
+    5
+}
+fn d_jobs() -> u32 {
+    64
+}
+fn d_contributors() -> u32 {
+    4
+}
+fn d_per() -> u32 {
+    80
+}
+fn d_eval() -> u32 {
+    120
+}
+fn d_base() -> u32 {
+    60
+}
+fn d_target() -> u32 {
+    40
+}
+fn d_min() -> u32 {
+    20
+}
+fn d_max() -> u32 {
+    80
+}
+fn d_rpu() -> u32 {
+    32
+}
+fn d_steps() -> u32 {
+    40
+}
+fn d_lr() -> f64 {
+    0.01
+}
+fn d_batch() -> u32 {
+    32
+}
+fn d_rank() -> u32 {
+    4
+}
+fn d_base_steps() -> u32 {
+    150
+}
+fn d_cap() -> f64 {
+    0.5
+}
+fn d_digits() -> u32 {
+    2
+}
+fn d_committee() -> u32 {
+    5
+}
+fn d_replication() -> u32 {
+    3
+}
+
+/// Why a scenario file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Toml { path: String, message: String },
+    #[error("{path}: key `{key}`: {reason}")]
+    Key { path: String, key: &'static str, reason: String },
+}
+
+impl Scenario {
+    /// Reads and parses a scenario file (unknown keys are errors naming line and key).
+    pub fn read(path: &Path) -> Result<Self, ScenarioError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: shown.clone(), source })?;
+        toml::from_str(&text).map_err(|e| ScenarioError::Toml { path: shown, message: e.to_string() })
+    }
+
+    /// Checks the scenario against the data set, naming the key that cannot hold.
+    pub fn validate(&self, path: &Path, data: &Dataset) -> Result<(), ScenarioError> {
+        let bad = |key: &'static str, reason: String| Err(ScenarioError::Key { path: path.display().to_string(), key, reason });
+        if !["S1", "S2", "S3", "S4", "S5", "S6", "S8", "S9", "S11"].contains(&self.scenario.as_str()) {
+            return bad("scenario", format!("unknown scenario `{}` (S1, S2, S3, S4, S5, S6, S8, S9, S11)", self.scenario));
+        }
+        if self.seeds == 0 || self.seeds > 100 {
+            return bad("seeds", "must be between 1 and 100".into());
+        }
+        if self.jobs < 2 || self.jobs > 100_000 {
+            return bad("jobs", "must be between 2 and 100000".into());
+        }
+        if self.contributors < 2 {
+            return bad("contributors", "needs at least 2 contributors".into());
+        }
+        if self.eval_records == 0 {
+            return bad("eval_records", "must be at least 1".into());
+        }
+        if !(self.unit_records_min..=self.unit_records_max).contains(&self.unit_records_target) || self.unit_records_min == 0 {
+            return bad("unit_records_target", "must lie between unit_records_min (≥ 1) and unit_records_max".into());
+        }
+        if !(0.0..=1.0).contains(&self.flip_rate) || !(0.0..=1.0).contains(&self.overlap) || !(0.0..1.0).contains(&self.jitter) {
+            return bad("flip_rate", "flip_rate and overlap must be in [0, 1], jitter in [0, 1)".into());
+        }
+        if !(0.0..=1.0).contains(&self.unit_cap) || self.unit_cap == 0.0 {
+            return bad("unit_cap", "must be in (0, 1]".into());
+        }
+        let n = data.len() as u64;
+        let need = self.eval_records as u64 + self.base_records as u64 + self.contributors as u64 * self.records_per_contributor as u64;
+        if self.scenario != "S2" && need > n {
+            return bad(
+                "records_per_contributor",
+                format!("eval_records + base_records + contributors × records_per_contributor = {need} exceeds the {n} records of the data"),
+            );
+        }
+        match self.scenario.as_str() {
+            "S3" if self.copies.is_empty() || self.copies.iter().any(|&k| !(2..=100).contains(&k)) => {
+                bad("copies", "list copy counts between 2 and 100, e.g. [2, 5, 10]".into())
+            }
+            "S4" if self.jitter <= 0.0 => bad("jitter", "S4 needs a positive relative jitter".into()),
+            "S5" if self.sybil.is_empty() || self.sybil.iter().any(|&k| !(2..=200).contains(&k)) => {
+                bad("sybil", "list identity counts between 2 and 200, e.g. [2, 4, 8, 16]".into())
+            }
+            "S5" if self.sybil.iter().any(|&k| k > self.records_per_contributor) => {
+                bad("sybil", "cannot split into more identities than the manipulator has records".into())
+            }
+            "S6" if self.flip_rate <= 0.0 => bad("flip_rate", "S6 needs a positive flip rate".into()),
+            "S8" if self.outliers == 0 => bad("outliers", "S8 needs at least one crafted outlier".into()),
+            "S9" if self.overlap <= 0.0 || self.overlap >= 1.0 => bad("overlap", "S9 needs an overlap strictly between 0 and 1".into()),
+            "S2" => {
+                let Dataset::Tabular { classes, rows, .. } = data else {
+                    return bad("scenario", "S2 runs on tabular data (label last)".into());
+                };
+                if self.critical_classes.is_empty() || self.critical_classes.iter().any(|c| c >= classes) {
+                    return bad("critical_classes", format!("list classes below {classes} that form the critical slice"));
+                }
+                if self.critical_classes.len() as u32 >= *classes {
+                    return bad("critical_classes", "the common slice needs at least one class".into());
+                }
+                if !(0.0..1.0).contains(&self.critical_weight) || self.critical_weight == 0.0 {
+                    return bad("critical_weight", "must be in (0, 1)".into());
+                }
+                let critical = rows.iter().filter(|r| self.critical_classes.contains(&r.1)).count() as u64;
+                let crit_eval = (self.eval_records as u64 * critical).div_ceil(n);
+                if self.curated == 0 || self.curated as u64 + crit_eval > critical {
+                    return bad("curated", format!("between 1 and {} (critical rows not used for evaluation)", critical.saturating_sub(crit_eval)));
+                }
+                if self.redundant == 0 {
+                    return bad("redundant", "S2 needs redundant records".into());
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn default_target(&self) -> (&'static str, f64, bool) {
+        // (metric, target, higher is better)
+        match self.scenario.as_str() {
+            "S1" => ("spearman_vs_exact_banzhaf", 0.9, true),
+            "S2" => ("curated_to_volume_reward_ratio", 3.0, true),
+            "S3" => ("duplication_gain", 1.05, false),
+            "S4" => ("near_duplicate_gain", 1.10, false),
+            "S5" => ("sybil_gain", 1.02, false),
+            "S6" => ("flip_auroc", 0.85, true),
+            "S8" => ("outlier_inflation", 0.25, false),
+            "S9" => ("overlap_asymmetry", 0.05, false),
+            _ => ("lora_runs_per_peer", f64::INFINITY, false),
+        }
+    }
+}
+
+/// One seed's world: data split, base, evaluation set, and the utility job shared by its variants.
+struct World {
+    task: TaskKind,
+    manifest_toml: String,
+    eval_jsonl: String,
+    eval: Vec<Value>,
+    /// Contributor slices of the pool, in record form.
+    slices: Vec<Vec<Value>>,
+    /// S2: curated and redundant records.
+    extra: Vec<Vec<Value>>,
+    job: UtilityJob,
+    cache: UtilityCache,
+    params: EpochParams,
+    epoch_seed: [u8; 32],
+    recipe_seed: u64,
+    rng: ChaCha8Rng,
+    feature_scale: Vec<f64>,
+}
+
+fn tabular_value(xs: &[f64], label: u32) -> Value {
+    json!({ "features": xs.iter().map(|&x| canonical::canonical_f64(x).unwrap_or(json!(0))).collect::<Vec<_>>(), "label": label })
+}
+
+fn record_parts(v: &Value) -> (Vec<f64>, u32) {
+    let xs = v["features"].as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0)).collect()).unwrap_or_default();
+    (xs, v["label"].as_u64().unwrap_or(0) as u32)
+}
+
+impl World {
+    fn build(s: &Scenario, data: &Dataset, seed: u64, jobs: u32) -> anyhow::Result<World> {
+        let Dataset::Tabular { features, classes, rows } = data else {
+            bail!("this runner measures tabular data with the mlp family; JSONL text data is parsed but its scenarios need a pretrained decoder base (not yet wired)");
+        };
+        let (features, classes) = (*features, *classes);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut idx: Vec<usize> = (0..rows.len()).collect();
+        idx.shuffle(&mut rng);
+        let critical = |l: u32| s.critical_classes.contains(&l);
+        let value = |i: usize| tabular_value(&rows[i].0, rows[i].1);
+        let eval_idx: Vec<usize> = idx[..s.eval_records as usize].to_vec();
+        let rest: Vec<usize> = idx[s.eval_records as usize..].to_vec();
+        let (base_idx, pool): (Vec<usize>, Vec<usize>) = if s.scenario == "S2" {
+            let common: Vec<usize> = rest.iter().copied().filter(|&i| !critical(rows[i].1)).collect();
+            (common.iter().copied().take(s.base_records as usize).collect(), rest.clone())
+        } else {
+            (rest[..s.base_records as usize].to_vec(), rest[s.base_records as usize..].to_vec())
+        };
+        let mut slices = Vec::new();
+        let mut extra = Vec::new();
+        if s.scenario == "S2" {
+            let curated: Vec<Value> = pool.iter().copied().filter(|&i| critical(rows[i].1)).take(s.curated as usize).map(value).collect();
+            let common: Vec<usize> = pool.iter().copied().filter(|&i| !critical(rows[i].1) && !base_idx.contains(&i)).collect();
+            let mut redundant = Vec::with_capacity(s.redundant as usize);
+            for j in 0..s.redundant as usize {
+                let (xs, l) = &rows[common[j % common.len()]];
+                // Resampled common-slice rows with light noise: new records, no new knowledge.
+                let noisy: Vec<f64> = xs.iter().map(|&x| ((x + rng.gen_range(-0.6..0.6)) * 10.0).round() / 10.0).collect();
+                redundant.push(tabular_value(&noisy, *l));
+            }
+            extra.push(curated);
+            extra.push(redundant);
+        } else {
+            let per = s.records_per_contributor as usize;
+            for c in 0..s.contributors as usize {
+                let mut slice: Vec<Value> = pool[c * per..(c + 1) * per].iter().copied().map(value).collect();
+                if s.flip_rate > 0.0 && s.scenario == "S1" {
+                    // Honest but mixed: contributor c flips c/(n-1) × flip_rate of its labels.
+                    let rate = s.flip_rate * c as f64 / (s.contributors as f64 - 1.0).max(1.0);
+                    flip(&mut slice, rate, classes, &mut rng);
+                }
+                slices.push(slice);
+            }
+        }
+        let slice_of = |l: u32| if s.scenario == "S2" && critical(l) { "critical" } else { "common" };
+        let eval: Vec<Value> = eval_idx
+            .iter()
+            .map(|&i| {
+                let mut v = value(i);
+                v["slice"] = json!(slice_of(rows[i].1));
+                v
+            })
+            .collect();
+        let eval_jsonl: String = eval.iter().map(|v| format!("{v}\n")).collect();
+        let slices_toml = if s.scenario == "S2" {
+            format!(
+                "[{{ name = \"common\", weight = {} }}, {{ name = \"critical\", weight = {} }}]",
+                1.0 - s.critical_weight,
+                s.critical_weight
+            )
+        } else {
+            "[{ name = \"common\", weight = 1.0 }]".to_string()
+        };
+        let manifest_toml = format!(
+            "name = \"bench-{name}\"\nlicense = \"CC-BY-4.0\"\nreward_pool = 1000000\n\
+             [task]\nkind = \"tabular\"\nfeatures = {features}\nclasses = {classes}\n\
+             [admission]\ncontribution_records_max = 10000000\nnear_duplicate_digits = {digits}\n\
+             [base_model]\nfamily = \"mlp\"\npreset = \"tiny\"\nseed = {seed}\n\
+             [recipe]\nlora_rank = {rank}\nlora_alpha = {alpha}\ntarget_modules = [\"all\"]\nsteps = {steps}\n\
+             learning_rate = {lr}\nbatch = {batch}\nsequence_length = 16\nrecords_per_unit_max = {rpu}\nseed = {seed}\n\
+             [eval]\npublic = \"eval.jsonl\"\nslices = {slices_toml}\n[committee]\nmembers = [\"self\"]\n",
+            name = s.scenario,
+            digits = s.near_duplicate_digits,
+            rank = s.lora_rank.min(classes),
+            alpha = 2 * s.lora_rank.min(classes),
+            steps = s.steps,
+            lr = s.learning_rate,
+            batch = s.batch,
+            rpu = s.records_per_unit_max,
+        );
+        let task = TaskKind::Tabular { features, classes };
+        let (manifest, _) = manifest_from(&manifest_toml, &eval_jsonl)?;
+        // The frozen base: an mlp pretrained on the base split (the common slice only, for S2).
+        let base = init::random_base(Family::Mlp, "tiny", features, classes, seed)?;
+        let base_records: Vec<Value> = base_idx.iter().copied().map(value).collect();
+        let cfg = TrainConfig { steps: s.base_steps, seed, ..TrainConfig::from_recipe(&manifest.recipe)? };
+        if !base_records.is_empty() {
+            init::pretrain(&base, &task, &base_records, &cfg, 1, &mut |_| {})?;
+        }
+        let job = UtilityJob::new(base, &task, &manifest.recipe, &manifest.eval.slices, &eval, UtilityOptions::default())?;
+        let params = EpochParams {
+            unit_records_target: s.unit_records_target,
+            unit_records_min: s.unit_records_min,
+            unit_records_max: s.unit_records_max,
+            unit_cap_ppm: (s.unit_cap * 1e6).round() as u32,
+            ..EpochParams::from_manifest(&manifest, jobs)
+        };
+        let epoch_seed = *blake3::hash(format!("datanet-bench/{}/{seed}", s.scenario).as_bytes()).as_bytes();
+        let mut feature_scale = vec![0f64; features as usize];
+        for (xs, _) in rows {
+            for (m, &x) in feature_scale.iter_mut().zip(xs) {
+                *m = m.max(x.abs());
+            }
+        }
+        Ok(World {
+            task,
+            manifest_toml,
+            eval_jsonl,
+            eval,
+            slices,
+            extra,
+            job,
+            cache: UtilityCache::new(),
+            params,
+            epoch_seed,
+            recipe_seed: manifest.recipe.seed,
+            rng,
+            feature_scale,
+        })
+    }
+
+    /// Admits `contributions` (identity name, records) in order into a fresh datadir and measures
+    /// the epoch; returns reward per identity name and the measurement.
+    async fn run(&mut self, contributions: &[(String, Vec<Value>)]) -> anyhow::Result<Outcome> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path();
+        std::fs::write(dir.join("eval.jsonl"), &self.eval_jsonl)?;
+        std::fs::write(dir.join("m.toml"), &self.manifest_toml)?;
+        let founder = Identity::from_seed(*blake3::hash(b"datanet-bench/founder").as_bytes());
+        let store = Store::open(&dir.join("peer")).await?;
+        let (manifest, blobs) = ManifestFile::read(&dir.join("m.toml"))?.into_manifest(dir, founder.public_key(), &|_| Ok(()))?;
+        store.put_blob(blobs.public).await?;
+        let id = store.put_manifest(&Signed::sign(manifest.clone(), &founder.signing_key())).await?;
+        let mut names = BTreeMap::new();
+        for (name, records) in contributions {
+            let who = Identity::from_seed(*blake3::hash(format!("datanet-bench/{name}").as_bytes()).as_bytes());
+            names.insert(who.public_key(), name.clone());
+            let canon = records
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    canonical::canonicalize(&manifest.task, v.clone(), manifest.admission.record_bytes_max)
+                        .with_context(|| format!("contributor {name} record {}", i + 1))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            admission::admit_local(&store, &who, &id, canon).await?;
+            // Distinct creation times keep the canonical (first-commitment) order the scenario's order.
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+        let records = store.datanet_records(&id, None).await?;
+        store.close().await?;
+        let progress = indicatif::ProgressBar::hidden();
+        let m = attribute::measure(
+            &self.task,
+            self.recipe_seed,
+            &records,
+            &self.eval,
+            &self.params,
+            self.epoch_seed,
+            &mut self.job,
+            &mut self.cache,
+            &progress,
+        )?;
+        let mut rewards: BTreeMap<String, u64> = BTreeMap::new();
+        for l in &m.scores.leaves {
+            *rewards.entry(names.get(&l.contributor).cloned().unwrap_or_else(|| l.contributor.short())).or_default() += l.reward;
+        }
+        let values = records.into_iter().map(|r| (r.hash, r.value)).collect::<BTreeMap<_, _>>();
+        Ok(Outcome { rewards, measured: m, admitted: values.len(), values })
+    }
+}
+
+fn manifest_from(toml_text: &str, eval_jsonl: &str) -> anyhow::Result<(Manifest, crate::manifest::EvalBlobs)> {
+    let tmp = tempfile::tempdir()?;
+    std::fs::write(tmp.path().join("eval.jsonl"), eval_jsonl)?;
+    std::fs::write(tmp.path().join("m.toml"), toml_text)?;
+    let founder = Identity::from_seed(*blake3::hash(b"datanet-bench/founder").as_bytes());
+    Ok(ManifestFile::read(&tmp.path().join("m.toml"))?.into_manifest(tmp.path(), founder.public_key(), &|_| Ok(()))?)
+}
+
+fn flip(records: &mut [Value], rate: f64, classes: u32, rng: &mut ChaCha8Rng) -> Vec<bool> {
+    records
+        .iter_mut()
+        .map(|v| {
+            if rng.gen_bool(rate.clamp(0.0, 1.0)) {
+                let l = v["label"].as_u64().unwrap_or(0) as u32;
+                v["label"] = json!((l + rng.gen_range(1..classes)) % classes);
+                true
+            } else {
+                false
+            }
+        })
+        .collect()
+}
+
+struct Outcome {
+    rewards: BTreeMap<String, u64>,
+    measured: attribute::Measured,
+    admitted: usize,
+    values: BTreeMap<crate::ids::RecordHash, Value>,
+}
+
+impl Outcome {
+    fn reward(&self, name: &str) -> f64 {
+        self.rewards.get(name).copied().unwrap_or(0) as f64
+    }
+    fn prefix_reward(&self, prefix: &str) -> f64 {
+        self.rewards.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| *v as f64).sum()
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        if a == 0.0 { 1.0 } else { f64::INFINITY }
+    } else {
+        a / b
+    }
+}
+
+fn named(slices: &[Vec<Value>]) -> Vec<(String, Vec<Value>)> {
+    slices.iter().enumerate().map(|(i, s)| (format!("c{i}"), s.clone())).collect()
+}
+
+/// One seed's figures: the headline metric and extra named figures.
+struct SeedResult {
+    metric: f64,
+    extra: Vec<(String, f64)>,
+}
+
+async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
+    let honest = named(&w.slices);
+    let mut extra = Vec::new();
+    let metric = match s.scenario.as_str() {
+        "S1" => {
+            let out = w.run(&honest).await?;
+            let plan = &out.measured.plan;
+            let m = plan.units.len();
+            if m > 10 {
+                bail!("S1 formed {m} units; exact Banzhaf needs at most 10 (raise unit_records_target)");
+            }
+            // Exact Banzhaf over all 2^M coalitions with the same capped job construction.
+            let by_hash = &out.values;
+            let cap = plan.params.records_per_unit_max as usize;
+            let mut u = vec![0i64; 1 << m];
+            for (mask, slot) in u.iter_mut().enumerate() {
+                let values: Vec<Value> = plan
+                    .units
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask >> i & 1 == 1)
+                    .flat_map(|(_, unit)| unit.records.iter().take(cap).map(|h| by_hash[h].clone()))
+                    .collect();
+                *slot = w.job.utility_seeded(&values, attribute::job_seed(w.recipe_seed, 1_000_000 + mask as u32))?;
+            }
+            let exact: Vec<f64> = (0..m)
+                .map(|i| {
+                    let (mut d, n) = (0f64, (1usize << m) / 2);
+                    for mask in 0..(1usize << m) {
+                        if mask >> i & 1 == 0 {
+                            d += (u[mask | 1 << i] - u[mask]) as f64;
+                        }
+                    }
+                    d / n as f64
+                })
+                .collect();
+            let msr: Vec<f64> = out.measured.scores.unit_values.iter().map(|&v| v as f64).collect();
+            extra.push(("units".into(), m as f64));
+            spearman(&msr, &exact)
+        }
+        "S2" => {
+            let contributions = vec![("curated".to_string(), w.extra[0].clone()), ("volume".to_string(), w.extra[1].clone())];
+            let out = w.run(&contributions).await?;
+            extra.push(("curated_reward".into(), out.reward("curated")));
+            extra.push(("volume_reward".into(), out.reward("volume")));
+            extra.push(("units".into(), out.measured.plan.units.len() as f64));
+            extra.push(("admitted".into(), out.admitted as f64));
+            ratio(out.reward("curated"), out.reward("volume"))
+        }
+        "S3" => {
+            let base = w.run(&honest).await?.reward("c0");
+            let mut worst: f64 = 0.0;
+            for &k in &s.copies {
+                let mut c = honest.clone();
+                for _ in 1..k {
+                    c.push(("c0".into(), w.slices[0].clone()));
+                }
+                c.push(("c0".into(), w.slices[1].clone()));
+                let g = ratio(w.run(&c).await?.reward("c0"), base);
+                extra.push((format!("gain_x{k}"), g));
+                worst = worst.max(g);
+            }
+            worst
+        }
+        "S4" => {
+            let base = w.run(&honest).await?.reward("c0");
+            let mut c = honest.clone();
+            let jit = s.jitter;
+            for src in [0usize, 1] {
+                let copies: Vec<Value> = w.slices[src]
+                    .iter()
+                    .map(|v| {
+                        let (xs, l) = record_parts(v);
+                        let ys: Vec<f64> = xs.iter().map(|&x| x * (1.0 + w.rng.gen_range(-jit..jit))).collect();
+                        tabular_value(&ys, l)
+                    })
+                    .collect();
+                c.push(("c0".into(), copies));
+            }
+            let out = w.run(&c).await?;
+            extra.push(("near_duplicates_caught".into(), out.measured.plan.contributors.iter().map(|x| x.near_duplicates as f64).sum()));
+            ratio(out.reward("c0"), base)
+        }
+        "S5" => {
+            let base = w.run(&honest).await?.reward("c0");
+            let mut worst: f64 = 0.0;
+            for &k in &s.sybil {
+                let mut c: Vec<(String, Vec<Value>)> = (0..k).map(|j| (format!("sybil{j}"), Vec::new())).collect();
+                for (i, r) in w.slices[0].iter().enumerate() {
+                    c[i % k as usize].1.push(r.clone());
+                }
+                c.extend(honest.iter().skip(1).cloned());
+                let g = ratio(w.run(&c).await?.prefix_reward("sybil"), base);
+                extra.push((format!("gain_k{k}"), g));
+                worst = worst.max(g);
+            }
+            worst
+        }
+        "S6" => {
+            let mut slices = w.slices.clone();
+            let mut flipped = Vec::new();
+            let classes = match w.task {
+                TaskKind::Tabular { classes, .. } => classes,
+                _ => 2,
+            };
+            for sl in slices.iter_mut() {
+                flipped.extend(flip(sl, s.flip_rate, classes, &mut w.rng));
+            }
+            // The screen needs no training: plan only.
+            let all: Vec<Value> = slices.iter().flatten().cloned().collect();
+            let contributions = named(&slices);
+            let (auroc, f1_screen, f1_base) = screen_quality(w, &contributions, &all, &flipped).await?;
+            extra.push(("kmeans_f1".into(), f1_screen));
+            extra.push(("knn_shapley_f1".into(), f1_base));
+            extra.push(("pass_f1".into(), f64::from(u8::from(f1_screen >= f1_base))));
+            auroc
+        }
+        "S8" => {
+            let base = w.run(&honest).await?.reward("c0");
+            let mut c = honest.clone();
+            let classes = match w.task {
+                TaskKind::Tabular { classes, .. } => classes,
+                _ => 2,
+            };
+            let crafted: Vec<Value> = (0..s.outliers)
+                .map(|_| {
+                    let xs: Vec<f64> = w.feature_scale.iter().map(|&m| (m.max(1.0)) * w.rng.gen_range(5.0..20.0)).collect();
+                    tabular_value(&xs, w.rng.gen_range(0..classes))
+                })
+                .collect();
+            c.push(("c0".into(), crafted));
+            ratio(w.run(&c).await?.reward("c0"), base) - 1.0
+        }
+        "S9" => {
+            let per = w.slices[0].len();
+            let ov = ((per as f64) * s.overlap).round() as usize;
+            let a = w.slices[0].clone();
+            let mut b: Vec<Value> = a[per - ov..].to_vec();
+            b.extend(w.slices[1][..per - ov].iter().cloned());
+            let others: Vec<(String, Vec<Value>)> = honest.iter().skip(2).cloned().collect();
+            let mut ab = vec![("A".to_string(), a.clone()), ("B".to_string(), b.clone())];
+            ab.extend(others.clone());
+            let mut ba = vec![("B".to_string(), b.clone()), ("A".to_string(), a.clone())];
+            ba.extend(others.clone());
+            let mut union = a.clone();
+            union.extend(w.slices[1][..per - ov].iter().cloned());
+            let mut single = vec![("C".to_string(), union)];
+            single.extend(others);
+            let o1 = w.run(&ab).await?;
+            let o2 = w.run(&ba).await?;
+            let o3 = w.run(&single).await?;
+            let total = o1.reward("A") + o1.reward("B");
+            let dev = (total - o3.reward("C")).abs() / o3.reward("C").max(1.0);
+            let shift_a = o1.reward("A") - o2.reward("A");
+            let shift_b = o2.reward("B") - o1.reward("B");
+            let asym = (shift_a - shift_b).abs() / total.max(1.0);
+            extra.push(("total_vs_one_copy".into(), dev));
+            extra.push(("mirror_asymmetry".into(), asym));
+            dev.max(asym)
+        }
+        _ => {
+            let out = w.run(&honest).await?;
+            let m = &out.measured;
+            let runs = m.plan.job_count() as f64 * s.replication as f64 / s.committee as f64;
+            extra.push(("jobs".into(), m.plan.job_count() as f64));
+            extra.push(("units".into(), m.plan.units.len() as f64));
+            extra.push(("seconds_per_job".into(), m.train_secs / m.trained.max(1) as f64));
+            extra.push(("records_per_job".into(), (0..m.plan.job_count()).map(|j| m.plan.job_records(j).map_or(0, |r| r.len())).sum::<usize>() as f64 / m.plan.job_count() as f64));
+            runs
+        }
+    };
+    Ok(SeedResult { metric, extra })
+}
+
+
+/// AUROC of "low KNN-Shapley value" for flipped records, F1 of the screen (two-means low tail)
+/// and F1 of the plain KNN-Shapley rule (value < 0).
+async fn screen_quality(w: &mut World, contributions: &[(String, Vec<Value>)], all: &[Value], flipped: &[bool]) -> anyhow::Result<(f64, f64, f64)> {
+    let _ = contributions;
+    let task = w.task.clone();
+    // Canonical hash of every record, to match the plan's values back to the flip flags.
+    let mut flag_by_hash = BTreeMap::new();
+    let mut admitted = Vec::new();
+    for (i, v) in all.iter().enumerate() {
+        let c = canonical::canonicalize(&task, v.clone(), 1 << 20).with_context(|| format!("record {}", i + 1))?;
+        if flag_by_hash.insert(c.hash, flipped[i]).is_none() {
+            admitted.push(crate::store::contributions::AdmittedRecord {
+                hash: c.hash,
+                value: c.value,
+                contribution: Default::default(),
+                contributor: Default::default(),
+                cluster: None,
+            });
+        }
+    }
+    let (inputs, eval_emb) = attribute::input_records(&task, &admitted, &w.eval)?;
+    let plan = crate::attribution::plan(&inputs, &eval_emb, w.epoch_seed, &w.params)?;
+    let scored: Vec<(i64, bool)> = plan.record_values.iter().map(|(h, v)| (*v, flag_by_hash[h])).collect();
+    let screened: std::collections::BTreeSet<_> = plan.screened.iter().copied().collect();
+    let auroc = auroc_low(&scored);
+    let f1 = |pred: &dyn Fn(&crate::ids::RecordHash, i64) -> bool| {
+        let (mut tp, mut fp, mut fneg) = (0f64, 0f64, 0f64);
+        for (h, v) in &plan.record_values {
+            match (pred(h, *v), flag_by_hash[h]) {
+                (true, true) => tp += 1.0,
+                (true, false) => fp += 1.0,
+                (false, true) => fneg += 1.0,
+                _ => {}
+            }
+        }
+        if tp == 0.0 { 0.0 } else { 2.0 * tp / (2.0 * tp + fp + fneg) }
+    };
+    Ok((auroc, f1(&|h, _| screened.contains(h)), f1(&|_, v| v < 0)))
+}
+
+/// Probability that a random flipped record has a lower value than a random clean one.
+fn auroc_low(scored: &[(i64, bool)]) -> f64 {
+    let mut s: Vec<(i64, bool)> = scored.to_vec();
+    s.sort_by_key(|x| x.0);
+    let (npos, nneg) = (s.iter().filter(|x| x.1).count() as f64, s.iter().filter(|x| !x.1).count() as f64);
+    if npos == 0.0 || nneg == 0.0 {
+        return 0.5;
+    }
+    // Rank-sum with ties averaged; "positive" = flipped = low value.
+    let mut rank_sum = 0f64;
+    let mut i = 0;
+    while i < s.len() {
+        let mut j = i;
+        while j < s.len() && s[j].0 == s[i].0 {
+            j += 1;
+        }
+        let avg = (i + j + 1) as f64 / 2.0; // 1-based ranks i+1..=j
+        rank_sum += s[i..j].iter().filter(|x| !x.1).count() as f64 * avg;
+        i = j;
+    }
+    // Clean records should rank high: AUROC = P(clean > flipped).
+    (rank_sum - nneg * (nneg + 1.0) / 2.0) / (npos * nneg)
+}
+
+/// Spearman rank correlation (ties averaged).
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    fn ranks(x: &[f64]) -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..x.len()).collect();
+        idx.sort_by(|&i, &j| x[i].total_cmp(&x[j]));
+        let mut r = vec![0f64; x.len()];
+        let mut i = 0;
+        while i < idx.len() {
+            let mut j = i;
+            while j < idx.len() && x[idx[j]] == x[idx[i]] {
+                j += 1;
+            }
+            for &k in &idx[i..j] {
+                r[k] = (i + j - 1) as f64 / 2.0;
+            }
+            i = j;
+        }
+        r
+    }
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = a.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    if va == 0.0 || vb == 0.0 { 0.0 } else { cov / (va * vb).sqrt() }
+}
+
+/// A scenario's summary over its seeds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub scenario: String,
+    pub metric: String,
+    pub values: Vec<f64>,
+    pub mean: f64,
+    pub spread: f64,
+    pub target: f64,
+    pub higher_is_better: bool,
+    pub pass: bool,
+    pub extra: BTreeMap<String, f64>,
+}
+
+/// Runs a scenario over its seeds; `seeds`/`jobs` override the file.
+pub async fn run_scenario(data: &Dataset, s: &Scenario, seeds: u32, jobs: u32, verbose: bool) -> anyhow::Result<BenchReport> {
+    let (metric, default_target, higher) = s.default_target();
+    let target = s.target.unwrap_or(default_target);
+    let mut values = Vec::new();
+    let mut extra_sum: BTreeMap<String, f64> = BTreeMap::new();
+    for seed in 0..seeds as u64 {
+        let t = std::time::Instant::now();
+        let mut w = World::build(s, data, seed + 1, jobs)?;
+        let r = run_seed(s, &mut w).await?;
+        if verbose {
+            let ex: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+            println!("{:<4} seed {:<2} {metric} = {:.4}  {}  ({:.1} s)", s.scenario, seed + 1, r.metric, ex.join(" "), t.elapsed().as_secs_f64());
+        }
+        for (k, v) in r.extra {
+            *extra_sum.entry(k).or_default() += v / seeds as f64;
+        }
+        values.push(r.metric);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let spread = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let mut pass = if higher { mean >= target } else { mean <= target };
+    if s.scenario == "S6" {
+        pass &= extra_sum.get("pass_f1").copied().unwrap_or(0.0) >= 0.5;
+    }
+    Ok(BenchReport { scenario: s.scenario.clone(), metric: metric.into(), values, mean, spread, target, higher_is_better: higher, pass, extra: extra_sum })
+}
+
+/// `datanet bench attribution`.
+pub async fn run(args: AttributionBenchArgs) -> anyhow::Result<()> {
+    let data = load_data(&args.data)?;
+    let s = Scenario::read(&args.scenario)?;
+    s.validate(&args.scenario, &data)?;
+    let seeds = args.seeds.unwrap_or(s.seeds);
+    let jobs = args.jobs.unwrap_or(s.jobs);
+    println!("{} on {} ({} records): {}", s.scenario, args.data.display(), data.len(), s.description);
+    let r = run_scenario(&data, &s, seeds, jobs, true).await?;
+    let extra: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+    println!("{:<4} mean {} = {:.4} ± {:.4} over {} seeds  {}", r.scenario, r.metric, r.mean, r.spread, r.values.len(), extra.join(" "));
+    println!("{}", serde_json::to_string(&r)?);
+    let cmp = if r.higher_is_better { ">=" } else { "<=" };
+    println!("RESULT scenario={} metric={} value={:.4} target={cmp}{} pass={}", r.scenario, r.metric, r.mean, r.target, r.pass);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_path(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    }
+
+    // Both shipped data layouts load; a label outside the header's classes names its line.
+    #[test]
+    fn loads_csv_and_refuses_bad_label() {
+        let Dataset::Tabular { features, classes, rows } = load_data(&data_path("breast_cancer.csv")).unwrap() else { panic!() };
+        assert_eq!((features, classes, rows.len()), (30, 2, 569));
+        let Dataset::Tabular { features, classes, rows } = load_data(&data_path("digits.csv.gz")).unwrap() else { panic!() };
+        assert_eq!((features, classes, rows.len()), (64, 10, 1797));
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("bad.csv");
+        std::fs::write(&p, "3,2,a,b\n1,2,0\n1,2,1\n1,2,5\n").unwrap();
+        let e = load_data(&p).unwrap_err().to_string();
+        assert!(e.contains("line 4") && e.contains("label 5 is outside the 2 classes"), "{e}");
+    }
+
+    // Unknown keys and impossible sizes in a scenario file are refused, naming the key.
+    #[test]
+    fn scenario_errors_name_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("s.toml");
+        std::fs::write(&p, "scenario = \"S3\"\ncopies = [2]\nbogus = 1\n").unwrap();
+        let e = Scenario::read(&p).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        std::fs::write(&p, "scenario = \"S3\"\ncopies = [2]\nrecords_per_contributor = 100000\n").unwrap();
+        let s = Scenario::read(&p).unwrap();
+        let data = load_data(&data_path("breast_cancer.csv")).unwrap();
+        let e = s.validate(&p, &data).unwrap_err().to_string();
+        assert!(e.contains("records_per_contributor"), "{e}");
+    }
+
+    // The reduced DatanetBench run of `make test`: S2, S3 and S5 meet their targets end to end.
+    #[test]
+    fn reduced_bench_meets_targets() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testnet/bench");
+        for (file, data) in [("s3-duplication.toml", "breast_cancer.csv"), ("s5-sybil.toml", "breast_cancer.csv"), ("s2-curated-vs-volume.toml", "digits.csv.gz")] {
+            let data = load_data(&data_path(data)).unwrap();
+            let mut s = Scenario::read(&dir.join(file)).unwrap();
+            if s.scenario == "S2" {
+                s.redundant = s.redundant.min(3000);
+            }
+            s.validate(&dir.join(file), &data).unwrap();
+            let r = rt.block_on(run_scenario(&data, &s, 1, 24, false)).unwrap();
+            assert!(r.pass, "{file}: {r:?}");
+        }
+    }
+}

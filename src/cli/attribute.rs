@@ -1,0 +1,299 @@
+//! `datanet attribute <datanet>`: one epoch of attribution run locally, every job on this peer.
+//!
+//! Reads the Datanet's admitted records and public evaluation set from the store, builds the
+//! [`EpochPlan`](crate::attribution::EpochPlan) (units, screen, coalitions), trains one short LoRA
+//! per coalition job with the real trainer ([`UtilityJob`]), and scores the utilities exactly as the
+//! committee would. [`measure`] is the glue the DatanetBench runner shares.
+
+use super::Global;
+use crate::attribution::features::Featurizer;
+use crate::attribution::{self, EpochParams, EpochPlan, InputRecord, Scores};
+use crate::ids::{BlobHash, PeerKey, RecordHash};
+use crate::manifest::{Manifest, TaskKind};
+use crate::store::Store;
+use crate::store::contributions::AdmittedRecord;
+use crate::trainer::utility::{UtilityJob, UtilityOptions};
+use crate::trainer::{Base, Family, init};
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Options of `datanet attribute`.
+#[derive(Args, Debug, Clone)]
+pub struct AttributeArgs {
+    /// Datanet id (hex, or a unique prefix) or name.
+    pub datanet: String,
+    /// Epoch seed, 64 hex digits (default: BLAKE3 of the Datanet id and "local").
+    #[arg(long)]
+    pub epoch_seed: Option<String>,
+    /// Coalition jobs (T).
+    #[arg(long, default_value_t = 64)]
+    pub jobs: u32,
+    /// Base model folder (default: the installed or generated base of the manifest).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// libtorch CPU threads per job.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+/// Utilities already measured, by (job seed, job records): variants of one benchmark scenario that
+/// produce the same coalition reuse them.
+pub type UtilityCache = HashMap<[u8; 32], i64>;
+
+/// An epoch measured and scored.
+pub struct Measured {
+    pub plan: EpochPlan,
+    pub utilities: Vec<i64>,
+    pub scores: Scores,
+    /// Jobs actually trained (not found in the cache) and their wall time.
+    pub trained: u32,
+    pub train_secs: f64,
+}
+
+/// The training seed of a job: BLAKE3(recipe seed ‖ job) truncated (the manifest's seed rule).
+pub fn job_seed(recipe_seed: u64, job: u32) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&recipe_seed.to_le_bytes());
+    h.update(&job.to_le_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Attribution inputs from admitted records: fixed-point features against the evaluation set.
+pub fn input_records(task: &TaskKind, records: &[AdmittedRecord], eval: &[Value]) -> anyhow::Result<(Vec<InputRecord>, Vec<attribution::features::Embedding>)> {
+    let featurizer = Featurizer::new(task, eval).map_err(|(i, e)| anyhow::anyhow!("evaluation record {}: {e}", i + 1))?;
+    let inputs = records
+        .iter()
+        .map(|r| {
+            let embedding = featurizer.embed(&r.value).with_context(|| format!("record {}", r.hash.short()))?;
+            Ok(InputRecord { hash: r.hash, contributor: r.contributor, cluster: r.cluster.unwrap_or(r.hash), embedding })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let eval_emb = eval
+        .iter()
+        .enumerate()
+        .map(|(i, v)| featurizer.embed(v).with_context(|| format!("evaluation record {}", i + 1)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((inputs, eval_emb))
+}
+
+/// Plans, measures every job with `job` (reusing `cache`), and scores.
+#[allow(clippy::too_many_arguments)]
+pub fn measure(
+    task: &TaskKind,
+    recipe_seed: u64,
+    records: &[AdmittedRecord],
+    eval: &[Value],
+    params: &EpochParams,
+    epoch_seed: [u8; 32],
+    job: &mut UtilityJob,
+    cache: &mut UtilityCache,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<Measured> {
+    let (inputs, eval_emb) = input_records(task, records, eval)?;
+    let plan = attribution::plan(&inputs, &eval_emb, epoch_seed, params)?;
+    let by_hash: HashMap<RecordHash, &Value> = records.iter().map(|r| (r.hash, &r.value)).collect();
+    progress.set_length(plan.job_count() as u64);
+    let mut utilities = Vec::with_capacity(plan.job_count() as usize);
+    let (mut trained, t) = (0u32, Instant::now());
+    for j in 0..plan.job_count() {
+        let hashes = plan.job_records(j).expect("job in range");
+        let seed = job_seed(recipe_seed, j);
+        let mut key = blake3::Hasher::new();
+        key.update(&seed.to_le_bytes());
+        for h in &hashes {
+            key.update(h.as_bytes());
+        }
+        let key = *key.finalize().as_bytes();
+        let u = match cache.get(&key) {
+            Some(u) => *u,
+            None => {
+                let values: Vec<Value> = hashes.iter().map(|h| by_hash[h].clone()).collect();
+                let u = job.utility_seeded(&values, seed).with_context(|| format!("job {j}"))?;
+                trained += 1;
+                cache.insert(key, u);
+                u
+            }
+        };
+        utilities.push(u);
+        progress.inc(1);
+    }
+    let train_secs = t.elapsed().as_secs_f64();
+    let scores = attribution::score(&plan, &utilities)?;
+    Ok(Measured { plan, utilities, scores, trained, train_secs })
+}
+
+/// Σ over units of φ × share per contributor (signed, micro-utility): the "value" column.
+pub fn contributor_values(plan: &EpochPlan, unit_values: &[i64]) -> BTreeMap<PeerKey, i64> {
+    let mut out: BTreeMap<PeerKey, i128> = BTreeMap::new();
+    for (u, &phi) in plan.units.iter().zip(unit_values) {
+        let n = u.records.len().max(1) as i128;
+        for (k, c) in &u.shares {
+            *out.entry(*k).or_default() += phi as i128 * *c as i128 / n;
+        }
+    }
+    out.into_iter().map(|(k, v)| (k, v.clamp(i64::MIN as i128, i64::MAX as i128) as i64)).collect()
+}
+
+/// The base folder of a manifest: `explicit`, else `models/<hash>/`, else its generated preset.
+pub fn base_dir(datadir: &Path, m: &Manifest, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let bm = &m.base_model;
+    let models = datadir.join("models");
+    if bm.hash != BlobHash::default() {
+        let dir = models.join(bm.hash.to_hex());
+        if !dir.exists() {
+            bail!("base model {} is not installed; `datanet model import <folder>` it or pass --base", bm.hash);
+        }
+        return Ok(dir);
+    }
+    let family: Family = bm.family.parse().map_err(anyhow::Error::msg)?;
+    let (features, classes) = match m.task {
+        TaskKind::Tabular { features, classes } => (features, classes),
+        _ => (0, 0),
+    };
+    let dir = models.join(format!("generated-{}-{}-{}-{features}x{classes}", family.name(), bm.preset, bm.seed));
+    if !dir.join("config.json").exists() {
+        let base = init::random_base(family, &bm.preset, features.max(1), classes.max(2), bm.seed)?;
+        init::save_base(&base, &dir, None)?;
+    }
+    Ok(dir)
+}
+
+/// The public evaluation records of a Datanet, each with its `slice` field.
+pub async fn eval_values(store: &Store, m: &Manifest) -> anyhow::Result<Vec<Value>> {
+    let bytes = store.get_blob(&m.eval.public_hash).await.context("the public evaluation file")?;
+    let recs = crate::admission::parse_eval(m, &bytes)?;
+    Ok(recs
+        .into_iter()
+        .map(|e| {
+            let mut v = e.record.value;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("slice".into(), Value::String(e.slice));
+            }
+            v
+        })
+        .collect())
+}
+
+/// Parses 64 hex digits into a seed.
+pub fn parse_seed(s: &str) -> anyhow::Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut out).map_err(|_| anyhow::anyhow!("--epoch-seed: expected 64 hex digits, got {s:?}"))?;
+    Ok(out)
+}
+
+/// Runs `datanet attribute`.
+pub async fn run(args: AttributeArgs, g: &Global) -> anyhow::Result<()> {
+    let store = Store::open(&g.datadir()).await?;
+    let (id, m) = store.resolve_datanet(&args.datanet)?.with_context(|| format!("datanet `{}` is not known here", args.datanet))?;
+    let seed = match &args.epoch_seed {
+        Some(s) => parse_seed(s)?,
+        None => {
+            let mut h = blake3::Hasher::new();
+            h.update(id.as_bytes());
+            h.update(b"local");
+            *h.finalize().as_bytes()
+        }
+    };
+    let records = store.datanet_records(&id, None).await?;
+    let eval = eval_values(&store, &m).await?;
+    let infos = store.contributions(&id)?;
+    let dir = base_dir(&g.datadir(), &m, args.base.as_deref())?;
+    let opts = UtilityOptions { threads: args.threads, ..UtilityOptions::default() };
+    let base = Base::load(&dir, opts.device.resolve()?).with_context(|| format!("loading the base from {}", dir.display()))?;
+    let mut job = UtilityJob::new(base, &m.task, &m.recipe, &m.eval.slices, &eval, opts)?;
+    let params = EpochParams::from_manifest(&m, args.jobs);
+    let progress = if g.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(args.jobs as u64) };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("jobs {bar:40} {pos}/{len} {elapsed_precise} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut cache = UtilityCache::new();
+    let out = measure(&m.task, m.recipe.seed, &records, &eval, &params, seed, &mut job, &mut cache, &progress)?;
+    progress.finish_and_clear();
+    store.close().await?;
+
+    let values = contributor_values(&out.plan, &out.scores.unit_values);
+    #[derive(Default, serde::Serialize)]
+    struct Row {
+        contributor: String,
+        records: u64,
+        new: u64,
+        duplicates: u64,
+        units: u32,
+        screened_out: u32,
+        value: i64,
+        credit: u64,
+        reward: u64,
+    }
+    let mut rows: BTreeMap<PeerKey, Row> = BTreeMap::new();
+    for c in &infos {
+        let r = rows.entry(c.signed.body.contributor).or_insert_with(|| Row { contributor: c.signed.body.contributor.to_hex(), ..Row::default() });
+        r.records += c.meta.records as u64;
+        r.new += c.meta.new_records as u64;
+        r.duplicates += (c.meta.duplicates + c.meta.near_duplicates) as u64;
+    }
+    for s in &out.plan.contributors {
+        let r = rows.entry(s.contributor).or_insert_with(|| Row { contributor: s.contributor.to_hex(), ..Row::default() });
+        r.units = s.units;
+        r.screened_out = s.screened_out;
+    }
+    for l in &out.scores.leaves {
+        let r = rows.entry(l.contributor).or_insert_with(|| Row { contributor: l.contributor.to_hex(), ..Row::default() });
+        r.credit = l.credit;
+        r.reward = l.reward;
+        r.value = values.get(&l.contributor).copied().unwrap_or(0);
+    }
+    let root = attribution::credit_root(&out.scores.leaves);
+    if g.json {
+        let v = serde_json::json!({
+            "datanet": id.to_hex(),
+            "epoch_seed": hex::encode(seed),
+            "units": out.plan.units.len(),
+            "jobs": out.plan.job_count(),
+            "screened": out.plan.screened.len(),
+            "retained": out.scores.retained,
+            "credit_root": root.to_hex(),
+            "unit_values": out.scores.unit_values,
+            "contributors": rows.values().collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "datanet {}  units {}  jobs {} ({:.1} s)  screened {}  pool {}  retained {}",
+        id.short(),
+        out.plan.units.len(),
+        out.plan.job_count(),
+        out.train_secs,
+        out.plan.screened.len(),
+        params.pool,
+        out.scores.retained
+    );
+    println!(
+        "{:<10} {:>8} {:>8} {:>10} {:>6} {:>9} {:>12} {:>12} {:>10}",
+        "contributor", "records", "new", "duplicates", "units", "screened", "value", "credit", "reward"
+    );
+    for (k, r) in &rows {
+        println!(
+            "{:<10} {:>8} {:>8} {:>10} {:>6} {:>9} {:>12} {:>12} {:>10}",
+            k.short(),
+            r.records,
+            r.new,
+            r.duplicates,
+            r.units,
+            r.screened_out,
+            r.value,
+            r.credit,
+            r.reward
+        );
+    }
+    println!("credit root {root}");
+    Ok(())
+}
