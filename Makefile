@@ -64,3 +64,13 @@ bench-attribution: release
 		set -- $$run; echo "== $$1 on $$2"; \
 		$(BIN) bench attribution --scenario testnet/bench/$$1 --data $(BENCH_DATA)/$$2 | tee -a target/bench-attribution.log; \
 	done; grep '^RESULT' target/bench-attribution.log | tail -n 10
+
+# Epoch agreement: 5,000 simulator seeds (n = 4, 7, 16 with f Byzantine and network faults).
+sim-long: release
+	$(BIN) sim --peers 4 --seeds 2000
+	$(BIN) sim --peers 7 --seeds 2000
+	$(BIN) sim --peers 16 --seeds 1000
+
+# Epoch agreement: certificate verification (21 signers) and last reveal → certificate (n = 7, 31; 50 ms links).
+bench-agreement: release
+	$(BIN) sim --bench

@@ -375,8 +375,11 @@ impl Sim {
             let honest = self.nodes[i].strategy.is_none();
             match a {
                 Action::Broadcast(m) => {
-                    if honest && matches!(m, EpochMessage::Reveal(_)) {
-                        self.report.last_reveal_ms = Some(self.report.last_reveal_ms.unwrap_or(0).max(self.now));
+                    if let (true, EpochMessage::Reveal(r)) = (honest, &m) {
+                        // Only a reveal's first sending counts, not its re-sends.
+                        if self.copied.insert((usize::MAX - i, r.body.job, r.signer)) {
+                            self.report.last_reveal_ms = Some(self.report.last_reveal_ms.unwrap_or(0).max(self.now));
+                        }
                     }
                     match self.nodes[i].strategy {
                         None => self.send_bytes(i, codec::encode(&m), 0),

@@ -116,7 +116,8 @@ impl Ledger {
     pub fn append(&self, att: &Attestation, standing_lost: &[(PeerKey, u32)]) -> Result<Appended, LedgerError> {
         let h = &att.score.header;
         let d = h.datanet;
-        let (atts, heads, totals, standing) = (self.tree(ATTESTATIONS)?, self.tree(HEADS)?, self.tree(TOTALS)?, self.tree(STANDING)?);
+        let (atts, heads, totals, standing) =
+            (self.tree(ATTESTATIONS)?, self.tree(HEADS)?, self.tree(TOTALS)?, self.tree(STANDING)?);
         let bytes = codec::encode(att);
         let hash = att.hash();
         let r = (&atts, &heads, &totals, &standing).transaction(|(atts, heads, totals, standing)| {
@@ -127,12 +128,17 @@ impl Ledger {
                 }
             }
             let (head_epoch, head_hash) = match heads.get(d.0)? {
-                Some(v) if v.len() == 40 => (Some(u64::from_le_bytes(v[0..8].try_into().expect("8"))), v[8..40].to_vec()),
+                Some(v) if v.len() == 40 => {
+                    (Some(u64::from_le_bytes(v[0..8].try_into().expect("8"))), v[8..40].to_vec())
+                }
                 _ => (None, vec![0u8; 32]),
             };
             if let Some(e) = head_epoch {
                 if h.epoch <= e {
-                    return Err(ConflictableTransactionError::Abort(LedgerError::EpochOrder { epoch: h.epoch, head: e }));
+                    return Err(ConflictableTransactionError::Abort(LedgerError::EpochOrder {
+                        epoch: h.epoch,
+                        head: e,
+                    }));
                 }
             }
             // The first attested epoch may chain to any earlier history (e.g. a ledger started late).
@@ -176,7 +182,9 @@ impl Ledger {
     pub fn attestation(&self, datanet: &DatanetId, epoch: u64) -> Result<Option<Attestation>, LedgerError> {
         match self.tree(ATTESTATIONS)?.get(key2(datanet, &epoch.to_be_bytes()))? {
             None => Ok(None),
-            Some(v) => codec::decode(&v).map(Some).map_err(|source| LedgerError::Decode { what: "attestation", source }),
+            Some(v) => {
+                codec::decode(&v).map(Some).map_err(|source| LedgerError::Decode { what: "attestation", source })
+            }
         }
     }
 
@@ -248,7 +256,9 @@ impl Ledger {
     pub fn snapshot(&self, datanet: &DatanetId, epoch: u64) -> Result<Option<Snapshot>, LedgerError> {
         match self.tree(SNAPSHOTS)?.get(key2(datanet, &epoch.to_be_bytes()))? {
             None => Ok(None),
-            Some(v) => codec::decode(&v).map(Some).map_err(|source| LedgerError::Decode { what: "epoch snapshot", source }),
+            Some(v) => {
+                codec::decode(&v).map(Some).map_err(|source| LedgerError::Decode { what: "epoch snapshot", source })
+            }
         }
     }
 }
@@ -285,7 +295,12 @@ mod tests {
             credit_root: MerkleRoot::default(),
             prev_attestation: prev,
         };
-        let c = |phase| Certificate { kind: VoteKind::Commit, header: CertHeader { phase, ..h }, signers: vec![], signatures: vec![] };
+        let c = |phase| Certificate {
+            kind: VoteKind::Commit,
+            header: CertHeader { phase, ..h },
+            signers: vec![],
+            signatures: vec![],
+        };
         Attestation {
             input: c(Phase::Freeze),
             score: c(Phase::Score),

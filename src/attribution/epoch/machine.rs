@@ -72,6 +72,28 @@ pub struct EpochConfig {
     pub timing: Timing,
 }
 
+impl EpochConfig {
+    /// The configuration for `epoch` of the Datanet `manifest` describes, chained to `prev_attestation`.
+    pub fn from_manifest(
+        manifest: &crate::manifest::Manifest,
+        epoch: u64,
+        prev_attestation: [u8; 32],
+        timing: Timing,
+    ) -> Self {
+        EpochConfig {
+            datanet: manifest.id(),
+            epoch,
+            members: manifest.committee.members.clone(),
+            prev_attestation,
+            tau: DEFAULT_TAU,
+            timing,
+        }
+    }
+}
+
+/// Default flagging distance: 0.05 nats of weighted evaluation loss, in micro-units.
+pub const DEFAULT_TAU: i64 = 50_000;
+
 /// What the driver must do, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
