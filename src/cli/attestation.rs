@@ -92,7 +92,7 @@ pub async fn run(cmd: AttestationCmd, g: &Global) -> anyhow::Result<()> {
                 println!("  hash           {}", hex::encode(a.hash()));
                 println!("  previous       {}", hex::encode(h.prev_attestation));
                 println!("  credit root    {}", h.credit_root);
-                println!("  reports        {} ({} jobs re-queued)", a.reports.len(), a.requeued.len());
+                println!("  reports        {}", a.reports.len());
                 println!("  contributors   {}, rewards paid {}", a.leaves.len(), total);
             }
             Ok(())

@@ -43,6 +43,9 @@ pub struct SimConfig {
     pub jobs: u32,
     pub units: u32,
     pub timing: Timing,
+    /// The Datanet id (default: derived from the seed); set it to a real manifest's id to verify
+    /// the resulting attestation offline.
+    pub datanet: Option<DatanetId>,
 }
 
 impl SimConfig {
@@ -63,6 +66,7 @@ impl SimConfig {
                 reveal_window_ms: 1_000,
                 rebroadcast_ms: 300,
             },
+            datanet: None,
         }
     }
 }
@@ -162,15 +166,7 @@ impl Sim {
     pub fn new(cfg: SimConfig) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let n = cfg.peers;
-        let mut keys: Vec<SigningKey> = (0..n)
-            .map(|i| {
-                let mut h = blake3::Hasher::new_derive_key("datanet/sim/key/v1");
-                h.update(&cfg.seed.to_le_bytes());
-                h.update(&(i as u64).to_le_bytes());
-                SigningKey::from_bytes(h.finalize().as_bytes())
-            })
-            .collect();
-        keys.sort_by_key(|k| k.verifying_key().to_bytes());
+        let keys = member_keys(cfg.seed, n);
         let members: Vec<PeerKey> = keys.iter().map(|k| PeerKey(k.verifying_key().to_bytes())).collect();
         // Byzantine members and their strategies.
         let mut idx: Vec<usize> = (0..n).collect();
@@ -191,7 +187,7 @@ impl Sim {
             nodes[i].strategy = Some(s);
             report.byzantine.push((members[i], s));
         }
-        let datanet = DatanetId(*blake3::hash(&cfg.seed.to_le_bytes()).as_bytes());
+        let datanet = cfg.datanet.unwrap_or(DatanetId(*blake3::hash(&cfg.seed.to_le_bytes()).as_bytes()));
         let epoch_cfg = EpochConfig {
             datanet,
             epoch: 1 + cfg.seed % 1000,
@@ -452,7 +448,12 @@ impl Sim {
     }
 
     /// Runs to completion (or the time limit) and checks the invariants.
-    pub fn run(mut self) -> SimReport {
+    pub fn run(self) -> SimReport {
+        self.run_keep().0
+    }
+
+    /// Runs like [`Sim::run`] and also returns the honest members' attestations.
+    pub fn run_keep(mut self) -> (SimReport, BTreeMap<usize, Attestation>) {
         for i in 0..self.cfg.peers {
             self.start_node(i);
         }
@@ -517,7 +518,7 @@ impl Sim {
         self.report.honest_attested = self.obs.attestations.len();
         let violations = checks::check(&mut self);
         self.report.violations = violations;
-        self.report
+        (self.report, self.obs.attestations)
     }
 
     /// Honest members' machines (index, machine).
@@ -545,6 +546,20 @@ impl Sim {
     pub(crate) fn rng(&mut self) -> &mut ChaCha8Rng {
         &mut self.rng
     }
+}
+
+/// The committee keys of a run with `seed` and `n` members, sorted by public key.
+pub fn member_keys(seed: u64, n: usize) -> Vec<SigningKey> {
+    let mut keys: Vec<SigningKey> = (0..n)
+        .map(|i| {
+            let mut h = blake3::Hasher::new_derive_key("datanet/sim/key/v1");
+            h.update(&seed.to_le_bytes());
+            h.update(&(i as u64).to_le_bytes());
+            SigningKey::from_bytes(h.finalize().as_bytes())
+        })
+        .collect();
+    keys.sort_by_key(|k| k.verifying_key().to_bytes());
+    keys
 }
 
 /// Runs one seed.

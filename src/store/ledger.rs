@@ -305,7 +305,6 @@ mod tests {
             input: c(Phase::Freeze),
             score: c(Phase::Score),
             reports: vec![],
-            requeued: vec![],
             leaves: vec![CreditLeaf { contributor: PeerKey([7; 32]), credit, reward: credit * 2 }],
         }
     }

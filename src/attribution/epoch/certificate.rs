@@ -162,8 +162,6 @@ pub struct Attestation {
     pub score: Certificate,
     /// The certified reports, sorted by (job, reporter).
     pub reports: Vec<Report>,
-    /// Jobs that had too few reports and were left out of this epoch's valuation.
-    pub requeued: Vec<u32>,
     /// One leaf per contributor, sorted by key.
     pub leaves: Vec<CreditLeaf>,
 }

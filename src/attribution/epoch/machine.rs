@@ -523,7 +523,7 @@ impl EpochMachine {
             EpochMessage::Vote(v) => self.on_vote(now, v, &mut out),
             EpochMessage::Propose(p) => self.on_propose(now, p, &mut out),
             EpochMessage::Commit(c) => self.on_commit(now, c, &mut out),
-            EpochMessage::Reveal(r) => self.on_reveal(r, &mut out),
+            EpochMessage::Reveal(r) => self.on_reveal(now, r, &mut out),
             EpochMessage::NewView(nv) => self.on_new_view(now, nv, &mut out),
             EpochMessage::Evidence(e) => self.on_evidence(*e, &mut out),
             EpochMessage::Certificate(c) => self.on_certificate(now, c, &mut out),
@@ -680,13 +680,8 @@ impl EpochMachine {
         if outcome.report_set_root != cert.header.report_set_root || outcome.credit_root != cert.header.credit_root {
             return;
         }
-        let att = Attestation {
-            input,
-            score: cert,
-            reports: outcome.reports.clone(),
-            requeued: outcome.table.requeue.clone(),
-            leaves: outcome.scores.leaves.clone(),
-        };
+        let att =
+            Attestation { input, score: cert, reports: outcome.reports.clone(), leaves: outcome.scores.leaves.clone() };
         let standing_lost = outcome.standing_lost.clone();
         self.attestation = Some(att.clone());
         self.persist(out);
@@ -1055,7 +1050,7 @@ impl EpochMachine {
         }
     }
 
-    fn on_reveal(&mut self, r: Signed<Reveal>, out: &mut Vec<Action>) {
+    fn on_reveal(&mut self, now: u64, r: Signed<Reveal>, out: &mut Vec<Action>) {
         let Some(i) = self.member_index(&r.signer) else {
             return out.extend(Self::reject(Some(r.signer), "reveal from a key outside the committee"));
         };
@@ -1073,6 +1068,7 @@ impl EpochMachine {
             return out.extend(Self::reject(Some(r.signer), "reveal signature does not verify"));
         }
         self.reveals.insert((r.body.job, i), r);
+        self.maybe_propose_score_early(now, out);
     }
 
     // ---- view change --------------------------------------------------------------------------
