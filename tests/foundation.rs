@@ -85,7 +85,7 @@ fn contribute_list_export_and_duplicates() {
     ok(&dir, &["export", &id, "--out", out_path.to_str().unwrap()]);
     let exported = std::fs::read_to_string(&out_path).unwrap();
     assert_eq!(exported.lines().count(), 455);
-    assert!(exported.lines().next().unwrap().starts_with("{\"features\":[17.99,"));
+    assert!(exported.lines().next().unwrap().starts_with("{\"features\":[20.57,17.77,"));
 }
 
 // Near-duplicates (tiny jitter) are admitted but counted in an earlier record's cluster.
@@ -98,7 +98,8 @@ fn near_duplicates_are_clustered() {
         .map(|i| {
             let r = row(i, 0);
             let (f, l) = r.rsplit_once(',').unwrap();
-            let jittered: Vec<String> = f.split(',').map(|x| format!("{}", x.parse::<f64>().unwrap() * 1.0001)).collect();
+            let jittered: Vec<String> =
+                f.split(',').map(|x| format!("{}", x.parse::<f64>().unwrap() * 1.0001)).collect();
             format!("{},{l}\n", jittered.join(","))
         })
         .collect();
@@ -121,7 +122,14 @@ fn bad_input_stores_nothing() {
         (write(t, "utf8.jsonl", b"{\"features\": [1], \"label\": \"\xff\"}\n"), "line 1: not valid UTF-8"),
         (write(t, "notobj.jsonl", b"[1,2,3]\n"), "line 1: expected a JSON object"),
         (write(t, "missing.jsonl", b"{\"features\": []}\n"), "field `label` missing"),
-        (write(t, "extra.jsonl", format!("{{\"features\": [{}], \"label\": 0, \"x\": 1}}\n", vec!["1"; 30].join(",")).as_bytes()), "unexpected field `x`"),
+        (
+            write(
+                t,
+                "extra.jsonl",
+                format!("{{\"features\": [{}], \"label\": 0, \"x\": 1}}\n", vec!["1"; 30].join(",")).as_bytes(),
+            ),
+            "unexpected field `x`",
+        ),
         (write(t, "cols.csv", format!("{}\n1,2,3\n", row(1, 0)).as_bytes()), "line 2: expected 31 columns"),
         (write(t, "label.csv", format!("{}\n", row(1, 7)).as_bytes()), "label 7 outside the classes 0..2"),
         (write(t, "x.txt", b"hello"), "unsupported file type"),
@@ -142,7 +150,8 @@ fn limits_are_enforced() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("peer");
     ok(&dir, &["init"]);
-    let m = std::fs::read_to_string(root().join("config/datanets/instruct.toml")).unwrap()
+    let m = std::fs::read_to_string(root().join("config/datanets/instruct.toml"))
+        .unwrap()
         .replace("record_bytes_max = 8192", "record_bytes_max = 100")
         .replace("contribution_records_max = 200000", "contribution_records_max = 3")
         .replace("\"instruct.eval.jsonl\"", &format!("{:?}", root().join("config/datanets/instruct.eval.jsonl")));
@@ -150,13 +159,24 @@ fn limits_are_enforced() {
     ok(&dir, &["datanet", "create", "--from", &mp]);
     let before = digest(&dir);
     let long = format!("{{\"prompt\": \"{}\", \"completion\": \"x\"}}\n", "a".repeat(200));
-    fails(&dir, &["contribute", "instruct-demo", &write(tmp.path(), "long.jsonl", long.as_bytes())], "over the limit of 100");
+    fails(
+        &dir,
+        &["contribute", "instruct-demo", &write(tmp.path(), "long.jsonl", long.as_bytes())],
+        "over the limit of 100",
+    );
     let many: String = (0..4).map(|i| format!("{{\"prompt\": \"p{i}\", \"completion\": \"c\"}}\n")).collect();
-    fails(&dir, &["contribute", "instruct-demo", &write(tmp.path(), "many.jsonl", many.as_bytes())], "over the Datanet's limit of 3");
+    fails(
+        &dir,
+        &["contribute", "instruct-demo", &write(tmp.path(), "many.jsonl", many.as_bytes())],
+        "over the Datanet's limit of 3",
+    );
     assert_eq!(digest(&dir), before);
     // --skip-invalid admits the valid records and names the skipped ones.
     let mixed = format!("{{\"prompt\": \"ok\", \"completion\": \"c\"}}\n{long}");
-    let o = dn(&dir, &["contribute", "instruct-demo", &write(tmp.path(), "mixed.jsonl", mixed.as_bytes()), "--skip-invalid"]);
+    let o = dn(
+        &dir,
+        &["contribute", "instruct-demo", &write(tmp.path(), "mixed.jsonl", mixed.as_bytes()), "--skip-invalid"],
+    );
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"));
 }
@@ -192,7 +212,11 @@ fn corrupt_chunk_is_detected() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let id = v["acknowledged"].as_str().unwrap().to_string();
     let data_dir = dir.join("blobs/data");
-    let mut files: Vec<_> = std::fs::read_dir(&data_dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "data")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "data"))
+        .collect();
     files.sort();
     assert!(!files.is_empty(), "expected a chunk stored as a file");
     for f in &files {
@@ -220,13 +244,18 @@ fn crash_during_contribution_is_all_or_nothing() {
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let delay = 50 + (rng >> 33) % 1500;
         let mut child = Command::new(BIN)
-            .arg("--datadir").arg(&dir).args(["contribute", "breast-cancer", &big_path])
-            .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null())
-            .spawn().unwrap();
+            .arg("--datadir")
+            .arg(&dir)
+            .args(["contribute", "breast-cancer", &big_path])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        let list: serde_json::Value = serde_json::from_str(&ok(&dir, &["contributions", "breast-cancer", "--json"])).unwrap();
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(&dir, &["contributions", "breast-cancer", "--json"])).unwrap();
         for c in list.as_array().unwrap() {
             let id = c["id"].as_str().unwrap();
             let out = tmp.path().join(format!("r{round}.jsonl"));
@@ -234,6 +263,9 @@ fn crash_during_contribution_is_all_or_nothing() {
             let n = std::fs::read_to_string(&out).unwrap().lines().count() as u64;
             assert_eq!(n, c["records"].as_u64().unwrap(), "round {round} delay {delay}ms: contribution {id} partial");
         }
-        assert!(list.as_array().unwrap().iter().any(|c| c["id"] == first_id.as_str()), "acknowledged contribution lost");
+        assert!(
+            list.as_array().unwrap().iter().any(|c| c["id"] == first_id.as_str()),
+            "acknowledged contribution lost"
+        );
     }
 }

@@ -106,7 +106,9 @@ pub fn canonicalize(task: &TaskKind, value: Value, record_bytes_max: u32) -> Res
             }
         }
         TaskKind::Tabular { features, classes } => {
-            let arr = obj["features"].as_array().ok_or_else(|| RecordError::Type("features".into(), "an array of numbers"))?;
+            let arr = obj["features"]
+                .as_array()
+                .ok_or_else(|| RecordError::Type("features".into(), "an array of numbers"))?;
             if arr.len() != *features as usize {
                 return Err(RecordError::FeatureCount { expected: *features, found: arr.len() });
             }
@@ -182,10 +184,11 @@ mod tests {
     // Whitespace, Unicode composition and key order do not change a record's hash.
     #[test]
     fn canonical_form_is_stable() {
-        let a = canonicalize(&TaskKind::Instruct, json!({"prompt": "  Cafe\u{301} ", "completion": "x"}), 1000).unwrap();
+        let a =
+            canonicalize(&TaskKind::Instruct, json!({"prompt": "  Cafe\u{301} ", "completion": "x"}), 1000).unwrap();
         let b = canonicalize(&TaskKind::Instruct, json!({"completion": "x ", "prompt": "Café"}), 1000).unwrap();
         assert_eq!(a.hash, b.hash);
-        assert_eq!(a.bytes, br#"{"completion":"x","prompt":"Café"}"#.to_vec());
+        assert_eq!(a.bytes, r#"{"completion":"x","prompt":"Café"}"#.as_bytes().to_vec());
     }
 
     // Integer and float spellings of the same feature value, and -0, canonicalize alike.
@@ -202,10 +205,22 @@ mod tests {
     fn schema_errors_are_named() {
         let t = TaskKind::Tabular { features: 2, classes: 2 };
         assert_eq!(canonicalize(&t, json!({"features": [1, 2]}), 1000), Err(RecordError::Missing("label".into())));
-        assert!(matches!(canonicalize(&t, json!({"features": [1, 2], "label": 0, "x": 1}), 1000), Err(RecordError::Extra(..))));
-        assert!(matches!(canonicalize(&t, json!({"features": [1, 2], "label": 2}), 1000), Err(RecordError::Label { .. })));
-        assert!(matches!(canonicalize(&t, json!({"features": [1], "label": 0}), 1000), Err(RecordError::FeatureCount { .. })));
+        assert!(matches!(
+            canonicalize(&t, json!({"features": [1, 2], "label": 0, "x": 1}), 1000),
+            Err(RecordError::Extra(..))
+        ));
+        assert!(matches!(
+            canonicalize(&t, json!({"features": [1, 2], "label": 2}), 1000),
+            Err(RecordError::Label { .. })
+        ));
+        assert!(matches!(
+            canonicalize(&t, json!({"features": [1], "label": 0}), 1000),
+            Err(RecordError::FeatureCount { .. })
+        ));
         assert!(matches!(canonicalize(&TaskKind::Text, json!([1]), 1000), Err(RecordError::NotObject(_))));
-        assert!(matches!(canonicalize(&TaskKind::Text, json!({"text": "x".repeat(100)}), 50), Err(RecordError::TooLarge { .. })));
+        assert!(matches!(
+            canonicalize(&TaskKind::Text, json!({"text": "x".repeat(100)}), 50),
+            Err(RecordError::TooLarge { .. })
+        ));
     }
 }

@@ -188,7 +188,11 @@ pub fn parse_input(
                 if i == 0 && is_header(&row, features) {
                     continue;
                 }
-                push(line, canonical::csv_row_to_value(&row, features).and_then(|v| canonical::canonicalize(&manifest.task, v, max)));
+                push(
+                    line,
+                    canonical::csv_row_to_value(&row, features)
+                        .and_then(|v| canonical::canonicalize(&manifest.task, v, max)),
+                );
             }
         }
         _ => return Err(AdmitError::FileType { path: shown }),
@@ -266,7 +270,12 @@ pub fn pack(records: &[CanonicalRecord]) -> Packed {
 }
 
 /// Reads canonical records back out of chunk bytes, checking each is canonical.
-pub fn unpack_chunk(task: &TaskKind, rules_max: u32, index: usize, chunk: &[u8]) -> Result<Vec<CanonicalRecord>, AdmitError> {
+pub fn unpack_chunk(
+    task: &TaskKind,
+    rules_max: u32,
+    index: usize,
+    chunk: &[u8],
+) -> Result<Vec<CanonicalRecord>, AdmitError> {
     let mut out = Vec::new();
     let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
     for (i, line) in body.split(|b| *b == b'\n').enumerate() {
@@ -324,14 +333,22 @@ pub async fn admit_local(
 /// Admits a contribution whose HashSeq and chunks are already in the blob store (replication):
 /// verifies the signature, the Datanet, the limits, every chunk hash, every record's canonical
 /// form, the record count, byte count and Merkle root — then commits exactly as a local admission.
-pub async fn admit_replicated(store: &Store, contribution: &SignedContribution, source: &str) -> Result<Acknowledged, AdmitError> {
+pub async fn admit_replicated(
+    store: &Store,
+    contribution: &SignedContribution,
+    source: &str,
+) -> Result<Acknowledged, AdmitError> {
     let c = &contribution.body;
     contribution.verify_by(&c.contributor)?;
     let manifest = store.manifest(&c.datanet)?.ok_or_else(|| AdmitError::UnknownDatanet(c.datanet.to_hex()))?.body;
     check_claims(&manifest, c)?;
     let hash_seq = store.get_blob(&c.root).await?;
     if hash_seq.len() % 32 != 0 || hash_seq.len() / 32 != c.chunk_count as usize {
-        return Err(AdmitError::Mismatch { what: "chunk count", claimed: c.chunk_count.to_string(), actual: (hash_seq.len() / 32).to_string() });
+        return Err(AdmitError::Mismatch {
+            what: "chunk count",
+            claimed: c.chunk_count.to_string(),
+            actual: (hash_seq.len() / 32).to_string(),
+        });
     }
     let mut chunks = Vec::with_capacity(c.chunk_count as usize);
     let mut records = Vec::with_capacity(c.record_count as usize);
@@ -339,7 +356,11 @@ pub async fn admit_replicated(store: &Store, contribution: &SignedContribution, 
         let hash = BlobHash(h.try_into().expect("32-byte chunk"));
         let bytes = store.get_blob(&hash).await?;
         if bytes.len() > CHUNK_BYTES_MAX {
-            return Err(AdmitError::Mismatch { what: "chunk size", claimed: format!("≤ {CHUNK_BYTES_MAX}"), actual: bytes.len().to_string() });
+            return Err(AdmitError::Mismatch {
+                what: "chunk size",
+                claimed: format!("≤ {CHUNK_BYTES_MAX}"),
+                actual: bytes.len().to_string(),
+            });
         }
         records.extend(unpack_chunk(&manifest.task, manifest.admission.record_bytes_max, i, &bytes)?);
         chunks.push(bytes);
@@ -365,13 +386,20 @@ pub async fn admit_replicated(store: &Store, contribution: &SignedContribution, 
 pub fn check_claims(manifest: &Manifest, c: &ContributionRecord) -> Result<(), AdmitError> {
     let rules = &manifest.admission;
     if c.record_count > rules.contribution_records_max {
-        return Err(AdmitError::TooManyRecords { records: c.record_count as usize, max: rules.contribution_records_max });
+        return Err(AdmitError::TooManyRecords {
+            records: c.record_count as usize,
+            max: rules.contribution_records_max,
+        });
     }
     if c.byte_count > rules.contribution_bytes_max {
         return Err(AdmitError::TooManyBytes { bytes: c.byte_count, max: rules.contribution_bytes_max });
     }
     if c.record_count == 0 || c.chunk_count == 0 || c.chunk_count > c.record_count {
-        return Err(AdmitError::Mismatch { what: "counts", claimed: format!("{} records in {} chunks", c.record_count, c.chunk_count), actual: "an empty or impossible contribution".into() });
+        return Err(AdmitError::Mismatch {
+            what: "counts",
+            claimed: format!("{} records in {} chunks", c.record_count, c.chunk_count),
+            actual: "an empty or impossible contribution".into(),
+        });
     }
     Ok(())
 }
@@ -394,7 +422,8 @@ async fn commit(
         store.put_blob(chunk).await?;
     }
     store.put_blob(packed.hash_seq).await?;
-    let Admitted { meta, .. } = store.commit_contribution(manifest, &contribution, &packed.chunk_hashes, &records, source).await?;
+    let Admitted { meta, .. } =
+        store.commit_contribution(manifest, &contribution, &packed.chunk_hashes, &records, source).await?;
     Ok(Acknowledged { id, contribution, meta, already_present: false })
 }
 
@@ -431,7 +460,8 @@ pub fn parse_eval(manifest: &Manifest, bytes: &[u8]) -> Result<Vec<EvalRecord>, 
                 if !manifest.eval.slices.iter().any(|s| s.name == slice) {
                     return Err(RecordError::Type("slice".into(), "one of the manifest's eval.slices"));
                 }
-                canonical::canonicalize(&manifest.task, v, manifest.admission.record_bytes_max).map(|record| EvalRecord { slice, record })
+                canonical::canonicalize(&manifest.task, v, manifest.admission.record_bytes_max)
+                    .map(|record| EvalRecord { slice, record })
             });
         match r {
             Ok(e) => out.push(e),

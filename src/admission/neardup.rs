@@ -3,8 +3,9 @@
 //! Text: a 64-slot MinHash by one-permutation hashing over character 5-gram shingles of the
 //! lowercased, whitespace-collapsed text (one hash per shingle, empty slots filled by rotation), and
 //! 16 LSH bands of 4 slots to find candidates; the estimated Jaccard similarity is the fraction of
-//! equal slots. Tabular: the label plus every feature rounded to a fixed number of significant
-//! digits, hashed; records with equal keys are near-duplicates.
+//! equal slots. Tabular: up to 8 band keys (label plus a band of features rounded to `digits − 1`
+//! significant digits) find candidates; a candidate is a near-duplicate when the label is equal and
+//! every feature is within half a unit of the `digits`-th significant digit.
 
 use serde_json::Value;
 
@@ -27,7 +28,11 @@ fn mix64(mut z: u64) -> u64 {
 /// The text a record's near-duplicate signature is computed over.
 pub fn record_text(v: &Value) -> String {
     let get = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
-    if v.get("prompt").is_some() { format!("{}\n{}", get("prompt"), get("completion")) } else { get("text").to_string() }
+    if v.get("prompt").is_some() {
+        format!("{}\n{}", get("prompt"), get("completion"))
+    } else {
+        get("text").to_string()
+    }
 }
 
 /// The MinHash signature of `text`.
@@ -132,17 +137,49 @@ fn round_sig(x: f64, digits: u32) -> String {
     if s.starts_with("-0") && s[1..].trim_start_matches(['0', '.']).starts_with('e') { "0".into() } else { s }
 }
 
-/// The near-duplicate key of a tabular record: BLAKE3 of its label and rounded features.
-pub fn tabular_key(v: &Value, digits: u32) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("datanet/near-duplicate/tabular/v1");
-    if let Some(l) = v.get("label") {
-        h.update(l.to_string().as_bytes());
-    }
-    for x in v.get("features").and_then(Value::as_array).into_iter().flatten() {
-        h.update(b"|");
-        h.update(round_sig(x.as_f64().unwrap_or(0.0), digits).as_bytes());
-    }
-    *h.finalize().as_bytes()
+/// A tabular record's label and features.
+pub fn tabular_parts(v: &Value) -> (String, Vec<f64>) {
+    let label = v.get("label").map(|l| l.to_string()).unwrap_or_default();
+    let feats = v.get("features").and_then(Value::as_array).into_iter().flatten().map(|x| x.as_f64().unwrap_or(0.0)).collect();
+    (label, feats)
+}
+
+/// Candidate keys of a tabular record: the label plus one band of features rounded to
+/// `digits − 1` significant digits, for up to 8 bands. A near-duplicate matches an earlier record
+/// in at least one band unless its jitter crosses a rounding boundary in every band.
+pub fn tabular_band_keys(v: &Value, digits: u32) -> Vec<[u8; 32]> {
+    let (label, feats) = tabular_parts(v);
+    let bands = feats.len().clamp(1, 8);
+    let per = feats.len().div_ceil(bands).max(1);
+    (0..bands)
+        .map(|b| {
+            let mut h = blake3::Hasher::new_derive_key("datanet/near-duplicate/tabular/v1");
+            h.update(label.as_bytes());
+            h.update(&(b as u32).to_le_bytes());
+            for x in feats.iter().skip(b * per).take(per) {
+                h.update(b"|");
+                h.update(round_sig(*x, digits.saturating_sub(1).max(1)).as_bytes());
+            }
+            *h.finalize().as_bytes()
+        })
+        .collect()
+}
+
+/// Whether two tabular records are near-duplicates: same label, and every feature within half a
+/// unit of the `digits`-th significant digit of the larger magnitude.
+pub fn tabular_near(a: &[f64], b: &[f64], digits: u32) -> bool {
+    let tol = 0.5 * 10f64.powi(1 - digits.clamp(1, 17) as i32);
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * x.abs().max(y.abs()) + f64::MIN_POSITIVE)
+}
+
+/// Features as bytes for storage.
+pub fn features_bytes(f: &[f64]) -> Vec<u8> {
+    f.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Features back from storage bytes.
+pub fn features_from_bytes(b: &[u8]) -> Vec<f64> {
+    b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
 }
 
 #[cfg(test)]
@@ -161,14 +198,19 @@ mod tests {
         assert_eq!(minhash(a), minhash(&a.to_uppercase()));
     }
 
-    // Jitter below the rounding precision gives the same tabular key; a label change does not.
+    // Small jitter keeps at least one shared band key and passes the distance check; a label
+    // change or a large change does not.
     #[test]
-    fn tabular_keys_quantize() {
-        let a = json!({"features": [17.99, 0.1184], "label": 0});
-        let b = json!({"features": [17.991, 0.11841], "label": 0});
-        let c = json!({"features": [17.99, 0.1184], "label": 1});
-        assert_eq!(tabular_key(&a, 3), tabular_key(&b, 3));
-        assert_ne!(tabular_key(&a, 3), tabular_key(&c, 3));
-        assert_ne!(tabular_key(&a, 6), tabular_key(&b, 6));
+    fn tabular_near_duplicates() {
+        let a = json!({"features": [17.99, 0.1184, 122.8, 1001.0], "label": 0});
+        let b = json!({"features": [17.991, 0.11841, 122.81, 1001.1], "label": 0});
+        let c = json!({"features": [17.99, 0.1184, 122.8, 1001.0], "label": 1});
+        let ka = tabular_band_keys(&a, 3);
+        assert!(tabular_band_keys(&b, 3).iter().any(|k| ka.contains(k)));
+        assert!(!tabular_band_keys(&c, 3).iter().any(|k| ka.contains(k)));
+        let (_, fa) = tabular_parts(&a);
+        let (_, fb) = tabular_parts(&b);
+        assert!(tabular_near(&fa, &fb, 3));
+        assert!(!tabular_near(&fa, &[18.5, 0.1184, 122.8, 1001.0], 3));
     }
 }

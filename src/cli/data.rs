@@ -25,6 +25,14 @@ pub enum DatanetCmd {
     Show { datanet: String },
     /// List the Datanets this peer knows.
     Ls,
+    /// Write a Datanet's signed manifest (canonical bytes) to a file, to hand to other peers.
+    Export {
+        datanet: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add a signed manifest file (from `datanet datanet export`) to this peer's store.
+    Import { file: PathBuf },
 }
 
 pub(crate) async fn open_store(g: &Global) -> anyhow::Result<(Identity, Store)> {
@@ -54,6 +62,29 @@ pub async fn run_datanet(cmd: DatanetCmd, g: &Global) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        DatanetCmd::Export { datanet, out } => {
+            let (id, _) = resolve(&store, &datanet)?;
+            let signed = store.manifest(&id)?.ok_or_else(|| anyhow::anyhow!("datanet {id} vanished"))?;
+            std::fs::write(&out, signed.to_bytes()).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote the signed manifest of {} ({id}) to {}", signed.body.name, out.display());
+            Ok(())
+        }
+        DatanetCmd::Import { file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let signed = crate::manifest::SignedManifest::decode_verified(&bytes)
+                .with_context(|| format!("{} is not a valid signed manifest", file.display()))?;
+            if signed.signer != signed.body.founder {
+                bail!(
+                    "{}: signed by {}, but the manifest names founder {}",
+                    file.display(),
+                    signed.signer.short(),
+                    signed.body.founder.short()
+                );
+            }
+            let id = store.put_manifest(&signed).await?;
+            println!("imported datanet {} ({id})", signed.body.name);
+            Ok(())
+        }
         DatanetCmd::Ls => {
             let all = store.manifests()?;
             if g.json {
@@ -62,7 +93,13 @@ pub async fn run_datanet(cmd: DatanetCmd, g: &Global) -> anyhow::Result<()> {
             } else {
                 println!("{:<64}  {:<20} {:<9} committee", "id", "name", "task");
                 for (id, m) in all {
-                    println!("{}  {:<20} {:<9} {}", id, m.body.name, m.body.task.name(), m.body.committee.members.len());
+                    println!(
+                        "{}  {:<20} {:<9} {}",
+                        id,
+                        m.body.name,
+                        m.body.task.name(),
+                        m.body.committee.members.len()
+                    );
                 }
             }
             Ok(())
@@ -101,9 +138,21 @@ fn print_manifest(id: &DatanetId, m: &Manifest) {
     println!("task        {:?}", m.task);
     println!("license     {}", m.license);
     println!("founder     {}", m.founder);
-    println!("base model  {} {} (seed {})", m.base_model.family, if m.base_model.preset.is_empty() { m.base_model.hash.to_hex() } else { m.base_model.preset.clone() }, m.base_model.seed);
-    println!("recipe      rank {} alpha {} targets {:?} steps {} batch {}", m.recipe.lora_rank, m.recipe.lora_alpha, m.recipe.target_modules, m.recipe.steps, m.recipe.batch);
-    println!("eval        public {} slices {}", m.eval.public_hash.short(), m.eval.slices.iter().map(|s| format!("{}={}ppm", s.name, s.weight_ppm)).collect::<Vec<_>>().join(" "));
+    println!(
+        "base model  {} {} (seed {})",
+        m.base_model.family,
+        if m.base_model.preset.is_empty() { m.base_model.hash.to_hex() } else { m.base_model.preset.clone() },
+        m.base_model.seed
+    );
+    println!(
+        "recipe      rank {} alpha {} targets {:?} steps {} batch {}",
+        m.recipe.lora_rank, m.recipe.lora_alpha, m.recipe.target_modules, m.recipe.steps, m.recipe.batch
+    );
+    println!(
+        "eval        public {} slices {}",
+        m.eval.public_hash.short(),
+        m.eval.slices.iter().map(|s| format!("{}={}ppm", s.name, s.weight_ppm)).collect::<Vec<_>>().join(" ")
+    );
     println!("committee   {} members, quorum {}", m.committee.members.len(), m.committee.quorum());
     for k in &m.committee.members {
         println!("            {k}");
@@ -116,18 +165,38 @@ fn print_manifest(id: &DatanetId, m: &Manifest) {
 
 /// `datanet contribute <datanet> <file>` against the datadir.
 pub async fn contribute(g: &Global, datanet: &str, file: &std::path::Path, skip_invalid: bool) -> anyhow::Result<()> {
+    // A running daemon holds the datadir: admit through it, so it also announces the contribution.
+    if let Some(api) = crate::api::ApiClient::from_datadir(&g.datadir()) {
+        if api.alive().await {
+            let path = std::fs::canonicalize(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let req = crate::api::ContributeRequest { datanet: datanet.to_string(), path, skip_invalid };
+            let ack: serde_json::Value = api.post("/api/v1/contribute", &req).await?;
+            println!("{}", if g.json { ack.to_string() } else { format!("acknowledged by the running daemon: {ack}") });
+            return Ok(());
+        }
+    }
     let (identity, store) = open_store(g).await?;
     let r = contribute_with(&store, &identity, datanet, file, skip_invalid, g).await;
     store.close().await?;
     r
 }
 
-async fn contribute_with(store: &Store, identity: &Identity, datanet: &str, file: &std::path::Path, skip_invalid: bool, g: &Global) -> anyhow::Result<()> {
+async fn contribute_with(
+    store: &Store,
+    identity: &Identity,
+    datanet: &str,
+    file: &std::path::Path,
+    skip_invalid: bool,
+    g: &Global,
+) -> anyhow::Result<()> {
     let (id, manifest) = resolve(store, datanet)?;
     let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let bar = (!g.json && len > 8 << 20).then(|| {
         let b = indicatif::ProgressBar::new(len);
-        b.set_style(indicatif::ProgressStyle::with_template("validating {bar:30} {bytes}/{total_bytes} {bytes_per_sec}").expect("static template"));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("validating {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("static template"),
+        );
         b
     });
     let parsed = admission::parse_input(&manifest, file, skip_invalid, bar.as_ref())?;
@@ -139,12 +208,23 @@ async fn contribute_with(store: &Store, identity: &Identity, datanet: &str, file
     }
     let ack = admission::admit_local(store, identity, &id, parsed.records).await?;
     if g.json {
-        println!("{}", serde_json::json!({"acknowledged": ack.id.to_hex(), "records": ack.meta.records, "new": ack.meta.new_records, "duplicates": ack.meta.duplicates, "near_duplicates": ack.meta.near_duplicates, "skipped": parsed.skipped.len(), "already_present": ack.already_present}));
+        println!(
+            "{}",
+            serde_json::json!({"acknowledged": ack.id.to_hex(), "records": ack.meta.records, "new": ack.meta.new_records, "duplicates": ack.meta.duplicates, "near_duplicates": ack.meta.near_duplicates, "skipped": parsed.skipped.len(), "already_present": ack.already_present})
+        );
     } else {
         println!(
             "acknowledged {} — {} records: {} new, {} duplicates, {} near-duplicates{}",
-            ack.id, ack.meta.records, ack.meta.new_records, ack.meta.duplicates, ack.meta.near_duplicates,
-            if parsed.skipped.is_empty() { String::new() } else { format!(", {} invalid skipped", parsed.skipped.len()) }
+            ack.id,
+            ack.meta.records,
+            ack.meta.new_records,
+            ack.meta.duplicates,
+            ack.meta.near_duplicates,
+            if parsed.skipped.is_empty() {
+                String::new()
+            } else {
+                format!(", {} invalid skipped", parsed.skipped.len())
+            }
         );
     }
     Ok(())
@@ -164,9 +244,21 @@ pub async fn contributions(g: &Global, datanet: &str) -> anyhow::Result<()> {
             })).collect();
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
-            println!("{:<16} {:<10} {:>8} {:>8} {:>6} {:>6} source", "contribution", "contributor", "records", "new", "dups", "near");
+            println!(
+                "{:<16} {:<10} {:>8} {:>8} {:>6} {:>6} source",
+                "contribution", "contributor", "records", "new", "dups", "near"
+            );
             for c in list {
-                println!("{:<16} {:<10} {:>8} {:>8} {:>6} {:>6} {}", &c.id.to_hex()[..16], c.signed.body.contributor.short(), c.meta.records, c.meta.new_records, c.meta.duplicates, c.meta.near_duplicates, c.meta.source);
+                println!(
+                    "{:<16} {:<10} {:>8} {:>8} {:>6} {:>6} {}",
+                    &c.id.to_hex()[..16],
+                    c.signed.body.contributor.short(),
+                    c.meta.records,
+                    c.meta.new_records,
+                    c.meta.duplicates,
+                    c.meta.near_duplicates,
+                    c.meta.source
+                );
             }
         }
         anyhow::Ok(())

@@ -76,54 +76,63 @@ fn now_ms() -> u64 {
 }
 
 /// Near-duplicate classification state, either backed by a transaction (admission) or by memory
-/// (canonical recomputation). Returns the canonical record a new record's cluster belongs to.
+/// (canonical recomputation): band key → canonical record, record → its stored signature (MinHash
+/// slots for text, feature values for tabular).
 trait NearIndex {
     fn get(&mut self, key: &[u8]) -> Option<RecordHash>;
     fn put(&mut self, key: Vec<u8>, canonical: RecordHash);
-    fn signature(&mut self, record: &RecordHash) -> Option<neardup::Signature>;
-    fn put_signature(&mut self, record: RecordHash, sig: neardup::Signature);
+    fn signature(&mut self, record: &RecordHash) -> Option<Vec<u8>>;
+    fn put_signature(&mut self, record: RecordHash, sig: Vec<u8>);
 }
 
+/// Returns the canonical record whose near-duplicate cluster `rec` joins, or `None` (then `rec`
+/// is indexed as a new canonical record).
 fn classify_near(idx: &mut dyn NearIndex, manifest: &Manifest, d: &DatanetId, rec: &CanonicalRecord) -> Option<RecordHash> {
-    match manifest.task {
+    let digits = manifest.admission.near_duplicate_digits;
+    let (keys, sig): (Vec<Vec<u8>>, Vec<u8>) = match manifest.task {
         TaskKind::Tabular { .. } => {
-            let key = key2(&d.0, &neardup::tabular_key(&rec.value, manifest.admission.near_duplicate_digits));
-            match idx.get(&key) {
-                Some(c) => Some(c),
-                None => {
-                    idx.put(key, rec.hash);
-                    None
-                }
-            }
+            let (_, f) = neardup::tabular_parts(&rec.value);
+            (neardup::tabular_band_keys(&rec.value, digits).iter().map(|k| key2(&d.0, k)).collect(), neardup::features_bytes(&f))
         }
         TaskKind::Text | TaskKind::Instruct => {
             let sig = neardup::minhash(&neardup::record_text(&rec.value));
-            let keys = neardup::band_keys(&sig);
-            let threshold = manifest.admission.near_duplicate_threshold_ppm;
-            let mut best: Option<(u32, RecordHash)> = None;
-            for k in &keys {
-                if let Some(c) = idx.get(&key2(&d.0, k)) {
-                    if let Some(other) = idx.signature(&c) {
-                        let s = neardup::similarity_ppm(&sig, &other);
-                        if s >= threshold && best.is_none_or(|(bs, bh)| (s, std::cmp::Reverse(c)) > (bs, std::cmp::Reverse(bh))) {
-                            best = Some((s, c));
-                        }
-                    }
+            (neardup::band_keys(&sig).iter().map(|k| key2(&d.0, k)).collect(), neardup::signature_bytes(&sig))
+        }
+    };
+    // Score every candidate; the most similar wins, ties to the smaller hash.
+    let mut best: Option<(u64, std::cmp::Reverse<RecordHash>)> = None;
+    for k in &keys {
+        let Some(c) = idx.get(k) else { continue };
+        let Some(other) = idx.signature(&c) else { continue };
+        let score = match manifest.task {
+            TaskKind::Tabular { .. } => {
+                let (a, b) = (neardup::features_from_bytes(&sig), neardup::features_from_bytes(&other));
+                if neardup::tabular_near(&a, &b, digits) { 1 } else { continue }
+            }
+            _ => {
+                let (Some(a), Some(b)) = (neardup::signature_from_bytes(&sig), neardup::signature_from_bytes(&other)) else { continue };
+                let s = neardup::similarity_ppm(&a, &b);
+                if s < manifest.admission.near_duplicate_threshold_ppm {
+                    continue;
                 }
+                s as u64
             }
-            if let Some((_, c)) = best {
-                return Some(c);
-            }
-            for k in keys {
-                let key = key2(&d.0, &k);
-                if idx.get(&key).is_none() {
-                    idx.put(key, rec.hash);
-                }
-            }
-            idx.put_signature(rec.hash, sig);
-            None
+        };
+        let cand = (score, std::cmp::Reverse(c));
+        if best.is_none_or(|b| cand > b) {
+            best = Some(cand);
         }
     }
+    if let Some((_, std::cmp::Reverse(c))) = best {
+        return Some(c);
+    }
+    for k in keys {
+        if idx.get(&k).is_none() {
+            idx.put(k, rec.hash);
+        }
+    }
+    idx.put_signature(rec.hash, sig);
+    None
 }
 
 struct TxNear<'a> {
@@ -148,11 +157,11 @@ impl NearIndex for TxNear<'_> {
             self.failed = Some(e.to_string());
         }
     }
-    fn signature(&mut self, record: &RecordHash) -> Option<neardup::Signature> {
-        self.sigs.get(record_key(&self.datanet, record)).ok().flatten().and_then(|v| neardup::signature_from_bytes(&v))
+    fn signature(&mut self, record: &RecordHash) -> Option<Vec<u8>> {
+        self.sigs.get(record_key(&self.datanet, record)).ok().flatten().map(|v| v.to_vec())
     }
-    fn put_signature(&mut self, record: RecordHash, sig: neardup::Signature) {
-        if let Err(e) = self.sigs.insert(record_key(&self.datanet, &record), neardup::signature_bytes(&sig)) {
+    fn put_signature(&mut self, record: RecordHash, sig: Vec<u8>) {
+        if let Err(e) = self.sigs.insert(record_key(&self.datanet, &record), sig) {
             self.failed = Some(e.to_string());
         }
     }
@@ -161,7 +170,7 @@ impl NearIndex for TxNear<'_> {
 #[derive(Default)]
 struct MemNear {
     near: HashMap<Vec<u8>, RecordHash>,
-    sigs: HashMap<RecordHash, neardup::Signature>,
+    sigs: HashMap<RecordHash, Vec<u8>>,
 }
 
 impl NearIndex for MemNear {
@@ -171,10 +180,10 @@ impl NearIndex for MemNear {
     fn put(&mut self, key: Vec<u8>, canonical: RecordHash) {
         self.near.insert(key, canonical);
     }
-    fn signature(&mut self, record: &RecordHash) -> Option<neardup::Signature> {
-        self.sigs.get(record).copied()
+    fn signature(&mut self, record: &RecordHash) -> Option<Vec<u8>> {
+        self.sigs.get(record).cloned()
     }
-    fn put_signature(&mut self, record: RecordHash, sig: neardup::Signature) {
+    fn put_signature(&mut self, record: RecordHash, sig: Vec<u8>) {
         self.sigs.insert(record, sig);
     }
 }
@@ -210,7 +219,9 @@ impl Store {
                     let m: ContributionMeta = codec::decode(&v).map_err(abort)?;
                     return Ok(m);
                 }
-                let seq = meta.get(b"seq")?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))).unwrap_or(0) + 1;
+                let seq =
+                    meta.get(b"seq")?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))).unwrap_or(0)
+                        + 1;
                 meta.insert(b"seq", &seq.to_be_bytes())?;
                 let mut idx = TxNear { near, sigs, datanet: d, failed: None };
                 let (mut new, mut dups, mut nears) = (0u32, 0u32, 0u32);
@@ -284,8 +295,12 @@ impl Store {
         for kv in self.tree(trees::BY_DATANET)?.scan_prefix(d.0) {
             let (_, v) = kv?;
             let id = ContributionId(v.as_ref().try_into().unwrap_or([0; 32]));
-            let signed = self.contribution(&id)?.ok_or_else(|| StoreError::Transaction(format!("index names missing contribution {id}")))?;
-            let meta = self.contribution_meta(&id)?.ok_or_else(|| StoreError::Transaction(format!("contribution {id} has no metadata")))?;
+            let signed = self
+                .contribution(&id)?
+                .ok_or_else(|| StoreError::Transaction(format!("index names missing contribution {id}")))?;
+            let meta = self
+                .contribution_meta(&id)?
+                .ok_or_else(|| StoreError::Transaction(format!("contribution {id} has no metadata")))?;
             out.push(ContributionInfo { id, signed, meta });
         }
         Ok(out)
@@ -304,9 +319,16 @@ impl Store {
     /// A contribution's records read back from its chunks, every chunk checked against its hash
     /// and the whole list against the signed record count and Merkle root.
     pub async fn contribution_records(&self, id: &ContributionId) -> Result<Vec<CanonicalRecord>, StoreError> {
-        let signed = self.contribution(id)?.ok_or_else(|| StoreError::Transaction(format!("contribution {id} is not stored here")))?;
-        let meta = self.contribution_meta(id)?.ok_or_else(|| StoreError::Transaction(format!("contribution {id} has no metadata")))?;
-        let manifest = self.manifest(&signed.body.datanet)?.ok_or_else(|| StoreError::Transaction("datanet manifest missing".into()))?.body;
+        let signed = self
+            .contribution(id)?
+            .ok_or_else(|| StoreError::Transaction(format!("contribution {id} is not stored here")))?;
+        let meta = self
+            .contribution_meta(id)?
+            .ok_or_else(|| StoreError::Transaction(format!("contribution {id} has no metadata")))?;
+        let manifest = self
+            .manifest(&signed.body.datanet)?
+            .ok_or_else(|| StoreError::Transaction("datanet manifest missing".into()))?
+            .body;
         let mut records = Vec::with_capacity(meta.records as usize);
         for (i, h) in meta.chunks.iter().enumerate() {
             let bytes = self.get_blob(h).await?;
@@ -315,8 +337,13 @@ impl Store {
             records.extend(recs);
         }
         let leaves: Vec<[u8; 32]> = records.iter().map(|r| r.hash.0).collect();
-        if records.len() != signed.body.record_count as usize || crate::merkle::root(&leaves) != signed.body.records_root {
-            return Err(StoreError::Transaction(format!("contribution {}: records do not match the signed Merkle root", id.short())));
+        if records.len() != signed.body.record_count as usize
+            || crate::merkle::root(&leaves) != signed.body.records_root
+        {
+            return Err(StoreError::Transaction(format!(
+                "contribution {}: records do not match the signed Merkle root",
+                id.short()
+            )));
         }
         Ok(records)
     }
@@ -324,8 +351,13 @@ impl Store {
     /// The Datanet's records for attribution: each distinct record once, credited to the first
     /// contribution holding it in canonical order (`created_ms`, then id), with near-duplicate
     /// clusters recomputed in that same order. `only` restricts to some contributions.
-    pub async fn datanet_records(&self, d: &DatanetId, only: Option<&[ContributionId]>) -> Result<Vec<AdmittedRecord>, StoreError> {
-        let manifest = self.manifest(d)?.ok_or_else(|| StoreError::Transaction(format!("datanet {d} is not known here")))?.body;
+    pub async fn datanet_records(
+        &self,
+        d: &DatanetId,
+        only: Option<&[ContributionId]>,
+    ) -> Result<Vec<AdmittedRecord>, StoreError> {
+        let manifest =
+            self.manifest(d)?.ok_or_else(|| StoreError::Transaction(format!("datanet {d} is not known here")))?.body;
         let mut infos = self.contributions(d)?;
         if let Some(only) = only {
             infos.retain(|c| only.contains(&c.id));
@@ -340,7 +372,13 @@ impl Store {
                     continue;
                 }
                 let cluster = classify_near(&mut near, &manifest, d, &rec);
-                out.push(AdmittedRecord { hash: rec.hash, value: rec.value, contribution: c.id, contributor: c.signed.body.contributor, cluster });
+                out.push(AdmittedRecord {
+                    hash: rec.hash,
+                    value: rec.value,
+                    contribution: c.id,
+                    contributor: c.signed.body.contributor,
+                    cluster,
+                });
             }
         }
         Ok(out)

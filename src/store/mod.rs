@@ -36,6 +36,8 @@ pub enum StoreError {
     BlobMissing(BlobHash),
     #[error("blob {hash} is corrupt on disk (its bytes hash to {actual}); it will not be served")]
     BlobCorrupt { hash: BlobHash, actual: BlobHash },
+    #[error("blob {hash} failed verification on read (corrupt on disk?): {reason}; it will not be served")]
+    BlobUnreadable { hash: BlobHash, reason: String },
     #[error("stored {what} is unreadable: {source}")]
     Decode { what: &'static str, source: codec::DecodeError },
 }
@@ -131,11 +133,10 @@ impl Store {
         if !self.has_blob(hash).await? {
             return Err(StoreError::BlobMissing(*hash));
         }
-        let bytes = self
-            .blobs
-            .get_bytes(iroh_blobs::Hash::from_bytes(hash.0))
-            .await
-            .map_err(|e| StoreError::Blobs(format!("reading blob {}: {e}", hash.short())))?;
+        let bytes = self.blobs.get_bytes(iroh_blobs::Hash::from_bytes(hash.0)).await.map_err(|e| {
+            tracing::error!(target: "datanet::store", blob = %hash, error = %e, "blob failed verification on read");
+            StoreError::BlobUnreadable { hash: *hash, reason: e.to_string() }
+        })?;
         let actual = BlobHash::of(&bytes);
         if &actual != hash {
             tracing::error!(target: "datanet::store", blob = %hash, %actual, "corrupt blob on disk");
@@ -178,7 +179,8 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.tree(trees::MANIFESTS)?.iter() {
             let (k, v) = kv?;
-            let m: SignedManifest = codec::decode(&v).map_err(|source| StoreError::Decode { what: "manifest", source })?;
+            let m: SignedManifest =
+                codec::decode(&v).map_err(|source| StoreError::Decode { what: "manifest", source })?;
             out.push((DatanetId(k.as_ref().try_into().unwrap_or([0; 32])), m));
         }
         Ok(out)
@@ -189,7 +191,9 @@ impl Store {
         let all = self.manifests()?;
         let hits: Vec<_> = all
             .into_iter()
-            .filter(|(id, m)| id.to_hex() == key || (key.len() >= 4 && id.to_hex().starts_with(key)) || m.body.name == key)
+            .filter(|(id, m)| {
+                id.to_hex() == key || (key.len() >= 4 && id.to_hex().starts_with(key)) || m.body.name == key
+            })
             .collect();
         Ok(if hits.len() == 1 { hits.into_iter().next().map(|(id, m)| (id, m.body)) } else { None })
     }
@@ -218,10 +222,6 @@ pub(crate) fn record_key(d: &DatanetId, r: &RecordHash) -> Vec<u8> {
     key2(&d.0, &r.0)
 }
 
-/// Contribution ids of a Datanet in local admission order.
-pub(crate) fn datanet_prefix(d: &DatanetId) -> [u8; 32] {
-    d.0
-}
 
 impl Store {
     /// A digest of everything stored: every sled tree's entries and every blob hash. Two equal
@@ -242,10 +242,11 @@ impl Store {
                 h.update(&v);
             }
         }
-        let mut hashes: Vec<[u8; 32]> = (self.blobs.list().hashes().await.map_err(|e| StoreError::Blobs(e.to_string()))?)
-            .into_iter()
-            .map(|x| *x.as_bytes())
-            .collect();
+        let mut hashes: Vec<[u8; 32]> =
+            (self.blobs.list().hashes().await.map_err(|e| StoreError::Blobs(e.to_string()))?)
+                .into_iter()
+                .map(|x| *x.as_bytes())
+                .collect();
         hashes.sort();
         for x in hashes {
             h.update(&x);
