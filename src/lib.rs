@@ -17,3 +17,4 @@ pub mod net;
 pub mod sim;
 pub mod store;
 pub mod trainer;
+pub mod testnet;

@@ -1,11 +1,17 @@
 //! The command line: a thin client. Each area's commands live in their own file; this module
 //! holds the top-level parser and the options every command shares.
 
+pub mod attestation;
 pub mod attribute;
+pub mod bench;
 pub mod data;
-pub mod train;
+pub mod epoch;
+pub mod testnet;
 pub mod node;
+pub mod rewards;
 pub mod run;
+pub mod sim;
+pub mod train;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -68,6 +74,12 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Benchmarks (each prints a RESULT line with its ratio against an anchor).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+    /// A local testnet of N daemons on loopback.
+    #[command(subcommand)]
+    Testnet(testnet::TestnetCmd),
     /// Run the daemon: join Datanets, gossip, replicate, serve the local API (until SIGINT/SIGTERM).
     Run(run::RunArgs),
     #[command(flatten)]
@@ -76,6 +88,16 @@ pub enum Command {
     Trainer(train::TrainerCmd),
     /// Run one epoch of attribution locally (every job on this peer) and print credit and rewards.
     Attribute(attribute::AttributeArgs),
+    /// Epoch agreement through the daemon: run an epoch now, or show status.
+    #[command(subcommand)]
+    Epoch(epoch::EpochCmd),
+    /// Offline checks of attestations and credit proofs (no daemon, no network).
+    #[command(subcommand)]
+    Attestation(attestation::AttestationCmd),
+    /// Deterministic simulation of epoch agreement (`--bench` for the agreement benchmark).
+    Sim(sim::SimArgs),
+    /// Cumulative credit and rewards of a Datanet from this peer's ledger.
+    Rewards(rewards::RewardsArgs),
 }
 
 /// Runs the parsed command line.
@@ -91,9 +113,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Contribute { datanet, file, skip_invalid } => data::contribute(g, &datanet, &file, skip_invalid).await,
         Command::Contributions { datanet } => data::contributions(g, &datanet).await,
         Command::Export { contribution, out } => data::export(g, &contribution, out.as_deref()).await,
+        Command::Bench(cmd) => bench::run(cmd, g).await,
+        Command::Testnet(cmd) => testnet::run(cmd, g).await,
         Command::Run(args) => run::run(args, g).await,
         Command::Node(cmd) => node::run(cmd, g).await,
         Command::Trainer(cmd) => train::run(cmd, g).await,
         Command::Attribute(args) => attribute::run(args, g).await,
+        Command::Epoch(cmd) => epoch::run(cmd, g).await,
+        Command::Attestation(cmd) => attestation::run(cmd, g).await,
+        Command::Sim(args) => sim::run_cmd(args, g).await,
+        Command::Rewards(args) => rewards::run(args, g).await,
     }
 }
