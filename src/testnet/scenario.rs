@@ -6,7 +6,7 @@
 //! peers = 5
 //! manifest = "../../config/datanets/instruct.toml"   # relative to the scenario file
 //! [[step]]
-//! action = "contribute"        # contribute | wait-replicated | train | epoch | kill | restart | check
+//! action = "contribute"  # contribute | wait-replicated | train | epoch | kill | stop | restart | down | check | verify
 //! peer = 1
 //! data = { generate = "common", count = 3000, seed = 1 }   # or { file = "x.jsonl" } or { copy_of = 1, part = 0, parts = 2 }
 //! ```
@@ -84,7 +84,7 @@ impl Scenario {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let s: Scenario = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
         for (i, st) in s.steps.iter().enumerate() {
-            let known = ["contribute", "wait-replicated", "train", "epoch", "kill", "restart", "stop", "check"];
+            let known = ["contribute", "wait-replicated", "train", "epoch", "kill", "restart", "stop", "down", "check", "verify"];
             if !known.contains(&st.action.as_str()) {
                 bail!("{}: step[{i}].action `{}` is not one of {}", path.display(), st.action, known.join(", "));
             }
@@ -232,12 +232,36 @@ async fn step(
             eprintln!("          all {} running peers hold {want} contributions", running.len());
         }
         "train" => {
-            let out = datanet_cmd(peer, &["train", name])?;
-            eprint!("{out}");
+            // The daemon holds the datadir: stop it, train an adapter on the replicated records
+            // (signed lineage into the blob store), start it again.
+            super::stop_peer(t, st.peer, false)?;
+            let out = datanet_cmd(peer, &["train", name]);
+            super::start_peer(t, st.peer)?;
+            super::client(t, st.peer, Duration::from_secs(60)).await?;
+            eprint!("{}", out?);
         }
         "epoch" => {
             let out = datanet_cmd(peer, &["epoch", "run", name, "--timeout-secs", &st.timeout_secs.to_string()])?;
             eprint!("{out}");
+        }
+        "down" => {
+            for &i in running.iter() {
+                super::stop_peer(t, i, false)?;
+            }
+            running.clear();
+        }
+        "verify" => {
+            // Offline: only the attestation file and the manifest, no daemon, no network.
+            let att = t.dir.join("attestation.bin");
+            let man = t.dir.join("manifest.bin");
+            datanet_cmd(peer, &["attestation", "export", name, "--out", att.to_str().unwrap_or_default()])?;
+            datanet_cmd(peer, &["datanet", "export", name, "--out", man.to_str().unwrap_or_default()])?;
+            let exe = std::env::current_exe()?;
+            let out = Command::new(exe).args(["attestation", "verify"]).arg(&att).arg("--manifest").arg(&man).output()?;
+            eprint!("{}", String::from_utf8_lossy(&out.stdout));
+            if !out.status.success() {
+                bail!("attestation verification failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
         }
         "kill" | "stop" => {
             super::stop_peer(t, st.peer, st.action == "kill")?;
@@ -250,8 +274,9 @@ async fn step(
             running.sort();
         }
         "check" => {
+            // Reads the peer's ledger: the peer must be stopped (`down` or `stop` first).
+            eprint!("{}", datanet_cmd(peer, &["rewards", name])?);
             let out = datanet_cmd(peer, &["rewards", name, "--json"])?;
-            eprintln!("          rewards: {}", out.trim());
             let v: serde_json::Value = serde_json::from_str(&out).context("rewards --json")?;
             check_rewards(t, &v, st)?;
         }
@@ -263,12 +288,15 @@ async fn step(
 fn check_rewards(t: &Testnet, v: &serde_json::Value, st: &Step) -> anyhow::Result<()> {
     let key_of = |i: usize| -> anyhow::Result<String> { Ok(crate::identity::Identity::load(&t.peers[i])?.public_key().to_hex()) };
     let reward_of = |k: &str| -> u64 {
-        v.get("contributors")
+        v.get("totals")
             .and_then(|c| c.as_array())
             .and_then(|a| a.iter().find(|e| e["contributor"].as_str() == Some(k)))
-            .and_then(|e| e["reward"].as_u64())
+            .and_then(|e| e["reward"].as_str().and_then(|r| r.parse().ok()).or_else(|| e["reward"].as_u64()))
             .unwrap_or(0)
     };
+    if v.get("head_epoch").is_none_or(|h| h.is_null()) {
+        bail!("no attested epoch in the ledger");
+    }
     if let Some(top) = st.top_earner {
         let k = key_of(top)?;
         let r = reward_of(&k);
