@@ -52,13 +52,17 @@ fn records(n: usize, size: usize, salt: &str, task: &datanet::manifest::TaskKind
         .map(|i| {
             let body: String = (0..size / 8).map(|j| format!("w{:x} ", (i * 7919 + j * 104729) % 1_000_003)).collect();
             let v = serde_json::json!({"prompt": format!("{salt} q{i}"), "completion": body});
-            admission::canonicalize(task, v, 1 << 19).expect("canonical record")
+            admission::canonical::canonicalize(task, v, 1 << 19).expect("canonical record")
         })
         .collect()
 }
 
 /// Admits `batches` contributions at `datadir` before its daemon starts; returns their ids.
-async fn prepare(datadir: &Path, m: &SignedManifest, batches: &[Vec<CanonicalRecord>]) -> Vec<datanet::ids::ContributionId> {
+async fn prepare(
+    datadir: &Path,
+    m: &SignedManifest,
+    batches: &[Vec<CanonicalRecord>],
+) -> Vec<datanet::ids::ContributionId> {
     let id = Identity::load(datadir).expect("identity");
     let store = Store::open(datadir).await.expect("store");
     let d = store.put_manifest(m).await.expect("manifest");
@@ -111,8 +115,10 @@ async fn gossip(peers: usize, rounds: usize) {
     }
     eprintln!("{peers} daemons started; waiting for the mesh");
     for dmn in &all {
-        wait("mesh", Duration::from_secs(120), async || dmn.handle().net().mesh_peers(d, TopicKind::Contributions).await > 0)
-            .await;
+        wait("mesh", Duration::from_secs(120), async || {
+            dmn.handle().net().mesh_peers(d, TopicKind::Contributions).await > 0
+        })
+        .await;
     }
     // Let catch-up settle (the contributions above are discovered by every peer at join); only
     // announcement acceptance is measured, which catch-up does not touch.
@@ -192,7 +198,8 @@ async fn replicate(mb: u64) {
     })
     .await;
     let t = Instant::now();
-    wait("replicated", Duration::from_secs(1200), async || bm.contributions_replicated.load(Ordering::Relaxed) > 0).await;
+    wait("replicated", Duration::from_secs(1200), async || bm.contributions_replicated.load(Ordering::Relaxed) > 0)
+        .await;
     let daemon_s = t.elapsed().as_secs_f64();
     let st = b.handle().status().await.expect("status");
     assert_eq!(st.datanets.iter().find(|x| x.id == d.to_hex()).map(|x| x.contributions.len()), Some(1));
@@ -212,7 +219,11 @@ async fn main() {
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opt = |name: &str, default: u64| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     match args.first().map(String::as_str) {
         Some("gossip") => gossip(opt("--peers", 32) as usize, opt("--rounds", 10) as usize).await,

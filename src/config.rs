@@ -27,7 +27,7 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Data folder (identity, database, blobs, API cookie). Empty: the `--datadir` flag's value.
@@ -38,12 +38,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Which Datanets this peer serves.
     pub datanets: DatanetsConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config { datadir: None, net: NetConfig::default(), api: ApiConfig::default(), datanets: DatanetsConfig::default() }
-    }
+    /// Epoch agreement (`crate::daemon::epoch`): jobs per epoch, windows, training threads.
+    pub epoch: crate::daemon::epoch::EpochSettings,
 }
 
 /// `[net]`: libp2p (gossip, discovery, catch-up) and iroh (blob transfer).
@@ -201,7 +197,8 @@ impl Config {
             self.net.public = matches!(v.as_str(), "1" | "true" | "yes");
         }
         if let Some(v) = var("DATANET_PEERS_MAX") {
-            self.net.peers_max = v.parse().map_err(|_| invalid("DATANET_PEERS_MAX", format!("{v:?} is not a count")))?;
+            self.net.peers_max =
+                v.parse().map_err(|_| invalid("DATANET_PEERS_MAX", format!("{v:?} is not a count")))?;
         }
         Ok(())
     }
@@ -246,8 +243,11 @@ impl Config {
         if n.reconnect_backoff_max_ms < n.reconnect_backoff_min_ms {
             return Err(invalid("net.reconnect_backoff_max_ms", "must be at least net.reconnect_backoff_min_ms"));
         }
-        let api: SocketAddr =
-            self.api.bind.parse().map_err(|e| invalid("api.bind", format!("{:?} is not ip:port: {e}", self.api.bind)))?;
+        let api: SocketAddr = self
+            .api
+            .bind
+            .parse()
+            .map_err(|e| invalid("api.bind", format!("{:?} is not ip:port: {e}", self.api.bind)))?;
         if !api.ip().is_loopback() && !self.api.allow_non_loopback {
             return Err(invalid(
                 "api.bind",

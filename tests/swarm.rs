@@ -67,7 +67,8 @@ impl Peer {
         if !datadir.join("identity.key").exists() {
             Identity::init(&datadir).unwrap();
         }
-        let d = tokio::time::timeout(WAIT, daemon::start(&datadir, cfg)).await.expect("daemon start timed out").unwrap();
+        let d =
+            tokio::time::timeout(WAIT, daemon::start(&datadir, cfg)).await.expect("daemon start timed out").unwrap();
         d.handle().join(m.clone()).await.unwrap();
         Peer { datadir, daemon: Some(d) }
     }
@@ -139,8 +140,11 @@ async fn five_daemons_replicate_and_late_peer_catches_up() {
     for p in &peers {
         assert_eq!(p.h().metrics().rejected_total(), 0);
     }
-    let replicated: u64 = peers.iter().map(|p| p.h().metrics().contributions_replicated.load(Ordering::Relaxed)).sum();
-    assert_eq!(replicated, 4, "each of the four other peers fetched and admitted it once");
+    let replicated =
+        || peers.iter().map(|p| p.h().metrics().contributions_replicated.load(Ordering::Relaxed)).sum::<u64>();
+    wait_until("four replications", WAIT, || async { replicated() >= 4 }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(replicated(), 4, "each of the four other peers fetched and admitted it once");
     // Holding announcements reach the contributor: its replication count grows.
     wait_until("holders seen by the contributor", WAIT, || async {
         let s = peers[2].h().status().await.unwrap();
@@ -181,7 +185,11 @@ async fn api_needs_token_and_serves_metrics() {
     let s: daemon::Status = client.get("/api/v1/status").await.unwrap();
     assert_eq!(s.datanets.len(), 1);
     let metrics = client.get_text("/metrics").await.unwrap();
-    for name in ["datanet_peers_connected", "datanet_gossip_rejected_total{reason=\"oversize\"}", "datanet_bytes_replicated_total"] {
+    for name in [
+        "datanet_peers_connected",
+        "datanet_gossip_rejected_total{reason=\"oversize\"}",
+        "datanet_bytes_replicated_total",
+    ] {
         assert!(metrics.contains(name), "metrics lack {name}");
     }
     let page = client.get_text("/").await.unwrap();
@@ -248,10 +256,8 @@ async fn hostile_gossip_is_rejected_and_scored() {
     let c = Signed::sign(body, &evil.signing_key());
     hn.publish(d, TopicKind::Contributions, codec::encode(&ContributionsMessage::Announce(c))).await.unwrap();
     let vm = victim.h().metrics().clone();
-    wait_until("every rejection counted", WAIT, || async {
-        RejectReason::ALL.iter().all(|r| vm.rejected(*r) >= 1)
-    })
-    .await;
+    wait_until("every rejection counted", WAIT, || async { RejectReason::ALL.iter().all(|r| vm.rejected(*r) >= 1) })
+        .await;
     wait_until("hostile peer score below zero", WAIT, || async {
         hostile_score(&victim.h().peers().await, hostile.h()) < 0.0
     })
@@ -321,7 +327,8 @@ async fn unreachable_seed_does_not_stop_the_daemon() {
     let seed = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{ghost}");
     let mut p = Peer::start(tmp.path(), "lonely", test_config(&[seed]), &m).await;
     let nm = p.h().net().metrics().clone();
-    wait_until("several failed seed dials", WAIT, || async { nm.seed_dial_failures.load(Ordering::Relaxed) >= 3 }).await;
+    wait_until("several failed seed dials", WAIT, || async { nm.seed_dial_failures.load(Ordering::Relaxed) >= 3 })
+        .await;
     assert!(p.h().status().await.is_ok());
     assert!(p.h().render_metrics().contains("datanet_seed_dial_failures_total"));
     p.stop().await;
@@ -341,8 +348,10 @@ async fn restart_mid_replication_completes_without_corruption() {
     assert_eq!(r.records, 6000);
     let mut b = Peer::start(tmp.path(), "b", test_config(std::slice::from_ref(&addr)), &m).await;
     let bm = b.h().metrics().clone();
-    wait_until("fetch started", WAIT, || async { bm.fetch_in_flight.load(Ordering::Relaxed) >= 1 || b.contributions(&d).await == 1 })
-        .await;
+    wait_until("fetch started", WAIT, || async {
+        bm.fetch_in_flight.load(Ordering::Relaxed) >= 1 || b.contributions(&d).await == 1
+    })
+    .await;
     let finished_early = b.contributions(&d).await == 1;
     b.stop().await;
     let b = Peer::start(tmp.path(), "b", test_config(std::slice::from_ref(&addr)), &m).await;

@@ -8,6 +8,8 @@
 //! Routes: `/` status page, `/metrics` Prometheus text, `/api/v1/status`, `/api/v1/peers`,
 //! `POST /api/v1/join`, `POST /api/v1/contribute`.
 
+pub mod epoch;
+
 use crate::config::ApiConfig;
 use crate::daemon::DaemonHandle;
 use axum::extract::{Request, State};
@@ -55,7 +57,11 @@ impl ApiServer {
     /// Stops accepting requests and waits for the server task.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
-        let _ = self.task.await;
+        // Graceful shutdown waits for open keep-alive connections; do not wait forever.
+        let mut task = self.task;
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task).await.is_err() {
+            task.abort();
+        }
     }
 }
 
@@ -96,6 +102,7 @@ pub async fn serve(datadir: &Path, cfg: &ApiConfig, daemon: DaemonHandle) -> Res
         .route("/api/v1/peers", get(peers))
         .route("/api/v1/join", post(join))
         .route("/api/v1/contribute", post(contribute))
+        .merge(epoch::routes(state.daemon.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -126,11 +133,8 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    let query = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-        .map(str::to_string);
+    let query =
+        req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).map(str::to_string);
     match bearer.or(query) {
         Some(t) if token_matches(&st.token, t.trim()) => next.run(req).await,
         _ => (StatusCode::UNAUTHORIZED, "missing or wrong API token (see <datadir>/api.cookie)\n").into_response(),
@@ -225,7 +229,12 @@ async fn index(State(st): State<AppState>) -> Response {
          <style>body{font:14px monospace;margin:2em}td,th{padding:2px 10px;text-align:left}</style>",
     );
     h += &format!("<h1>datanet peer {}</h1>", esc(&s.peer_key[..16]));
-    h += &format!("<p>peer id {}<br>listen {}<br>iroh {}</p>", esc(&s.peer_id), esc(&s.listen.join(" ")), esc(&s.iroh_addrs.join(" ")));
+    h += &format!(
+        "<p>peer id {}<br>listen {}<br>iroh {}</p>",
+        esc(&s.peer_id),
+        esc(&s.listen.join(" ")),
+        esc(&s.iroh_addrs.join(" "))
+    );
     h += &format!("<h2>Peers ({})</h2><table><tr><th>peer<th>score<th>addresses", peers.len());
     for p in &peers {
         h += &format!(
@@ -257,7 +266,10 @@ async fn index(State(st): State<AppState>) -> Response {
         }
         h += "</table>";
     }
-    h += &format!("<p>fetches running {}, queued {} · <a href=\"/metrics\">metrics</a></p>", s.fetch_in_flight, s.fetch_queued);
+    h += &format!(
+        "<p>fetches running {}, queued {} · <a href=\"/metrics\">metrics</a></p>",
+        s.fetch_in_flight, s.fetch_queued
+    );
     h += "<p>Training progress, epochs and attestations appear here once those rooms run in the daemon.</p>";
     Html(h).into_response()
 }
@@ -275,7 +287,11 @@ impl ApiClient {
     pub fn from_datadir(datadir: &Path) -> Option<Self> {
         let addr = std::fs::read_to_string(datadir.join(ADDR_FILE)).ok()?;
         let token = std::fs::read_to_string(datadir.join(COOKIE_FILE)).ok()?;
-        Some(ApiClient { base: format!("http://{}", addr.trim()), token: token.trim().to_string(), http: reqwest::Client::new() })
+        Some(ApiClient {
+            base: format!("http://{}", addr.trim()),
+            token: token.trim().to_string(),
+            http: reqwest::Client::new(),
+        })
     }
 
     /// A client for an explicit address and token.

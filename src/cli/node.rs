@@ -53,7 +53,13 @@ pub async fn run(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
                 println!("{:<54} {:>7} {:<5} addresses", "peer", "score", "seed");
                 for p in peers {
                     let score = p.score.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into());
-                    println!("{:<54} {:>7} {:<5} {}", p.peer_id, score, if p.seed { "yes" } else { "" }, p.addrs.join(" "));
+                    println!(
+                        "{:<54} {:>7} {:<5} {}",
+                        p.peer_id,
+                        score,
+                        if p.seed { "yes" } else { "" },
+                        p.addrs.join(" ")
+                    );
                 }
             }
         }
@@ -89,10 +95,27 @@ fn print_status(s: &Status) {
     println!("peers     {}", s.peers);
     println!("fetches   {} running, {} queued", s.fetch_in_flight, s.fetch_queued);
     for d in &s.datanets {
-        println!("\ndatanet {} ({}) — {} contributions, {} mesh peers", d.name, &d.id[..16], d.contributions.len(), d.mesh_peers);
-        println!("  {:<16} {:<10} {:>8} {:>10} {:>7} source", "contribution", "contributor", "records", "bytes", "holders");
+        println!(
+            "\ndatanet {} ({}) — {} contributions, {} mesh peers",
+            d.name,
+            &d.id[..16],
+            d.contributions.len(),
+            d.mesh_peers
+        );
+        println!(
+            "  {:<16} {:<10} {:>8} {:>10} {:>7} source",
+            "contribution", "contributor", "records", "bytes", "holders"
+        );
         for c in &d.contributions {
-            println!("  {:<16} {:<10} {:>8} {:>10} {:>7} {}", &c.id[..16], &c.contributor[..8], c.records, c.bytes, c.holders, c.source);
+            println!(
+                "  {:<16} {:<10} {:>8} {:>10} {:>7} {}",
+                &c.id[..16],
+                &c.contributor[..8],
+                c.records,
+                c.bytes,
+                c.holders,
+                c.source
+            );
         }
     }
 }

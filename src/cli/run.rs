@@ -74,7 +74,9 @@ pub fn effective_config(args: &RunArgs, g: &Global) -> anyhow::Result<(PathBuf, 
 /// `datanet run`
 pub async fn run(args: RunArgs, g: &Global) -> anyhow::Result<()> {
     let (datadir, cfg) = effective_config(&args, g)?;
-    let daemon = crate::daemon::start(&datadir, cfg).await.with_context(|| format!("starting the daemon in {}", datadir.display()))?;
+    let daemon = crate::daemon::start(&datadir, cfg)
+        .await
+        .with_context(|| format!("starting the daemon in {}", datadir.display()))?;
     let h = daemon.handle().clone();
     let addrs = h.net().wait_listening(std::time::Duration::from_secs(5)).await;
     eprintln!("datanet daemon {} running", h.net().key());

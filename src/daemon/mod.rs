@@ -19,10 +19,11 @@
 //! for its inventory ([`crate::net::catchup`]) and treats every contribution it lacks like an
 //! announcement from that peer.
 //!
-//! Epochs: messages on `datanet/<id>/epochs` are counted and ignored until the epoch agreement
-//! state machine (`attribution::epoch`) lands; [`DaemonActor::on_epoch_message`] is the seam
-//! where its `on_message(now, msg) -> Vec<Action>` will be driven.
+//! Epochs: messages on `datanet/<id>/epochs` reach [`DaemonActor::on_epoch_message`], which hands
+//! them to the epoch driver ([`epoch`]): one `attribution::epoch` state machine per Datanet,
+//! its timers on the actor's tick, training on blocking threads.
 
+pub mod epoch;
 pub mod metrics;
 pub mod wire;
 
@@ -128,16 +129,34 @@ enum Command {
     Status(oneshot::Sender<Status>),
     Join(Box<SignedManifest>, oneshot::Sender<Result<DatanetId, String>>),
     JoinId(DatanetId, oneshot::Sender<Result<DatanetId, String>>),
-    Contribute { datanet: String, path: PathBuf, skip_invalid: bool, reply: oneshot::Sender<Result<ContributeReport, String>> },
+    Contribute {
+        datanet: String,
+        path: PathBuf,
+        skip_invalid: bool,
+        reply: oneshot::Sender<Result<ContributeReport, String>>,
+    },
     Announce(ContributionId, oneshot::Sender<Result<(), String>>),
     Root(ContributionId, oneshot::Sender<Option<crate::ids::BlobHash>>),
+    Epoch(epoch::EpochCommand),
     Shutdown(oneshot::Sender<()>),
 }
 
 enum Internal {
-    FetchDone { id: ContributionId, result: Result<(), FetchFailure> },
-    Discovered { datanet: DatanetId, bytes: Vec<u8>, peer: PeerId },
-    Contributed { signed: SignedContribution, reply: oneshot::Sender<Result<ContributeReport, String>>, report: ContributeReport },
+    FetchDone {
+        id: ContributionId,
+        result: Result<(), FetchFailure>,
+    },
+    Discovered {
+        datanet: DatanetId,
+        bytes: Vec<u8>,
+        peer: PeerId,
+    },
+    Contributed {
+        signed: SignedContribution,
+        reply: oneshot::Sender<Result<ContributeReport, String>>,
+        report: ContributeReport,
+    },
+    Epoch(epoch::EpochInternal),
 }
 
 #[derive(Debug)]
@@ -247,8 +266,8 @@ impl Daemon {
 /// Loads a signed manifest file (canonical bytes) and checks the founder's signature.
 pub fn read_manifest_file(path: &Path) -> Result<SignedManifest, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let m: SignedManifest =
-        SignedManifest::decode_verified(&bytes).map_err(|e| format!("{}: not a signed manifest: {e}", path.display()))?;
+    let m: SignedManifest = SignedManifest::decode_verified(&bytes)
+        .map_err(|e| format!("{}: not a signed manifest: {e}", path.display()))?;
     m.verify_by(&m.body.founder).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(m)
 }
@@ -286,6 +305,7 @@ pub async fn start(datadir: &Path, config: Config) -> Result<Daemon, DaemonError
         last_retry: Instant::now(),
         tasks: JoinSet::new(),
         internal: itx,
+        epochs: epoch::Epochs::new(),
     };
     let mut targets: Vec<JoinTarget> = config.datanets.join.iter().map(|s| JoinTarget::parse(s)).collect();
     if let Ok(text) = std::fs::read_to_string(datadir.join(JOINED_FILE)) {
@@ -353,6 +373,7 @@ pub struct DaemonActor {
     last_retry: Instant,
     tasks: JoinSet<()>,
     internal: mpsc::Sender<Internal>,
+    epochs: epoch::Epochs,
 }
 
 /// Local contributions kept for a later announcement, at most.
@@ -383,6 +404,7 @@ impl DaemonActor {
                 _ = tick.tick() => {
                     self.start_fetches();
                     self.retry_announcements().await;
+                    self.epoch_tick().await;
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
@@ -390,9 +412,13 @@ impl DaemonActor {
     }
 
     async fn shutdown(&mut self) {
-        self.tasks.shutdown().await;
-        if let Err(e) = self.store.flush().await {
-            tracing::error!(target: "datanet::daemon", error = %e, "flush at shutdown");
+        if tokio::time::timeout(Duration::from_secs(10), self.tasks.shutdown()).await.is_err() {
+            tracing::warn!(target: "datanet::daemon", "tasks did not stop in time");
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(target: "datanet::daemon", error = %e, "flush at shutdown"),
+            Err(_) => tracing::error!(target: "datanet::daemon", "flush at shutdown timed out"),
         }
         self.net.shutdown().await;
         tracing::info!(target: "datanet::daemon", "stopped");
@@ -460,6 +486,7 @@ impl DaemonActor {
             Command::Root(id, reply) => {
                 let _ = reply.send(self.store.contribution(&id).ok().flatten().map(|c| c.body.root));
             }
+            Command::Epoch(c) => self.on_epoch_command(c).await,
             Command::Shutdown(_) => {}
         }
     }
@@ -506,7 +533,14 @@ impl DaemonActor {
 
     async fn on_net(&mut self, ev: NetEvent) {
         match ev {
-            NetEvent::Gossip { datanet, kind: TopicKind::Contributions, source, propagation_source, message_id, data } => {
+            NetEvent::Gossip {
+                datanet,
+                kind: TopicKind::Contributions,
+                source,
+                propagation_source,
+                message_id,
+                data,
+            } => {
                 let verdict = self.on_contributions_message(datanet, source, &data);
                 match verdict {
                     Ok(()) => DaemonMetrics::inc(&self.metrics.gossip_accepted),
@@ -524,7 +558,7 @@ impl DaemonActor {
                 self.net.report(message_id, propagation_source, acceptance).await;
             }
             NetEvent::Gossip { datanet, kind: TopicKind::Epochs, propagation_source, message_id, data, .. } => {
-                let acceptance = self.on_epoch_message(datanet, &data);
+                let acceptance = self.on_epoch_message(datanet, &data).await;
                 self.net.report(message_id, propagation_source, acceptance).await;
             }
             NetEvent::CatchupRequest { peer, request, respond } => self.serve_catchup(peer, request, respond),
@@ -541,14 +575,13 @@ impl DaemonActor {
     }
 
     /// The seam for epoch agreement: validated here, then handed to the state machine.
-    fn on_epoch_message(&mut self, datanet: DatanetId, data: &[u8]) -> MessageAcceptance {
+    async fn on_epoch_message(&mut self, datanet: DatanetId, data: &[u8]) -> MessageAcceptance {
         DaemonMetrics::inc(&self.metrics.epoch_messages);
         if data.len() > self.cfg.net.gossip_message_bytes_max as usize {
             self.metrics.reject(RejectReason::Oversize);
             return MessageAcceptance::Reject;
         }
-        tracing::debug!(target: "datanet::daemon::epoch", datanet = %datanet.short(), bytes = data.len(), "epoch message (no engine yet)");
-        MessageAcceptance::Ignore
+        self.on_epoch_bytes(datanet, data).await
     }
 
     /// Checks an announced contribution before anything is fetched. `Err(Some)` is a Reject.
@@ -642,7 +675,8 @@ impl DaemonActor {
             all.extend(more);
         }
         let now = Instant::now();
-        self.pending.insert(id, Pending { signed: c, providers: all, announcer, attempts: 0, queued_at: now, next_try: now });
+        self.pending
+            .insert(id, Pending { signed: c, providers: all, announcer, attempts: 0, queued_at: now, next_try: now });
         self.metrics.fetch_queued.store(self.pending.len() as u64, Ordering::Relaxed);
     }
 
@@ -656,8 +690,9 @@ impl DaemonActor {
         let mut ready: Vec<(Instant, ContributionId)> = self
             .pending
             .iter()
-            .filter(|(_, p)| {
-                p.next_try <= now
+            .filter(|(id, p)| {
+                !self.in_flight.contains(*id)
+                    && p.next_try <= now
                     && (p.providers.iter().any(|k| blobs.knows(k)) || now.duration_since(p.queued_at) >= ADDRESS_WAIT)
             })
             .map(|(id, p)| (p.queued_at, *id))
@@ -743,6 +778,7 @@ impl DaemonActor {
                 }
                 let _ = reply.send(Ok(report));
             }
+            Internal::Epoch(m) => self.on_epoch_internal(m).await,
         }
     }
 

@@ -36,11 +36,20 @@ pub enum CatchupRequest {
 /// A catch-up answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatchupResponse {
-    Hello { record: Vec<u8> },
+    Hello {
+        record: Vec<u8>,
+    },
     /// Ids from `offset`; `total` is how many the responder holds.
-    Inventory { ids: Vec<ContributionId>, total: u64 },
+    Inventory {
+        ids: Vec<ContributionId>,
+        total: u64,
+    },
     /// Canonical bytes of signed contribution records (unknown ids are left out).
-    Contributions { records: Vec<Vec<u8>> },
+    Contributions {
+        records: Vec<Vec<u8>>,
+    },
     /// The responder will not answer (unknown Datanet, too large a request).
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }

@@ -43,11 +43,10 @@ pub enum SeedAddrError {
 
 /// Splits a seed multiaddr `…/p2p/<peer id>` into the peer id and the address to dial.
 pub fn parse_seed_addr(s: &str) -> Result<(PeerId, Multiaddr), SeedAddrError> {
-    let mut addr: Multiaddr =
-        s.trim().parse().map_err(|e: libp2p::multiaddr::Error| SeedAddrError::Malformed {
-            addr: s.into(),
-            reason: e.to_string(),
-        })?;
+    let mut addr: Multiaddr = s
+        .trim()
+        .parse()
+        .map_err(|e: libp2p::multiaddr::Error| SeedAddrError::Malformed { addr: s.into(), reason: e.to_string() })?;
     let peer = match addr.pop() {
         Some(Protocol::P2p(p)) => p,
         _ => return Err(SeedAddrError::MissingPeerId { addr: s.into() }),
@@ -103,21 +102,66 @@ impl NetMetrics {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         vec![
             ("datanet_peers_connected", "Connected libp2p peers.", "gauge", g(&self.peers_connected)),
-            ("datanet_connections_refused_total", "Connections refused by limits.", "counter", g(&self.connections_refused)),
+            (
+                "datanet_connections_refused_total",
+                "Connections refused by limits.",
+                "counter",
+                g(&self.connections_refused),
+            ),
             ("datanet_seed_dials_total", "Dials of seed peers.", "counter", g(&self.seed_dials)),
             ("datanet_seed_dial_failures_total", "Failed dials of seed peers.", "counter", g(&self.seed_dial_failures)),
-            ("datanet_gossip_received_total", "Gossip messages received on Datanet topics.", "counter", g(&self.gossip_received)),
+            (
+                "datanet_gossip_received_total",
+                "Gossip messages received on Datanet topics.",
+                "counter",
+                g(&self.gossip_received),
+            ),
             ("datanet_gossip_published_total", "Gossip messages published.", "counter", g(&self.gossip_published)),
-            ("datanet_gossip_publish_failures_total", "Gossip publishes that failed.", "counter", g(&self.gossip_publish_failures)),
-            ("datanet_peer_records_accepted_total", "Peer records accepted.", "counter", g(&self.peer_records_accepted)),
-            ("datanet_peer_records_rejected_total", "Peer records rejected.", "counter", g(&self.peer_records_rejected)),
-            ("datanet_catchup_requests_sent_total", "Catch-up requests sent.", "counter", g(&self.catchup_requests_sent)),
-            ("datanet_catchup_requests_served_total", "Catch-up requests answered.", "counter", g(&self.catchup_requests_served)),
+            (
+                "datanet_gossip_publish_failures_total",
+                "Gossip publishes that failed.",
+                "counter",
+                g(&self.gossip_publish_failures),
+            ),
+            (
+                "datanet_peer_records_accepted_total",
+                "Peer records accepted.",
+                "counter",
+                g(&self.peer_records_accepted),
+            ),
+            (
+                "datanet_peer_records_rejected_total",
+                "Peer records rejected.",
+                "counter",
+                g(&self.peer_records_rejected),
+            ),
+            (
+                "datanet_catchup_requests_sent_total",
+                "Catch-up requests sent.",
+                "counter",
+                g(&self.catchup_requests_sent),
+            ),
+            (
+                "datanet_catchup_requests_served_total",
+                "Catch-up requests answered.",
+                "counter",
+                g(&self.catchup_requests_served),
+            ),
             ("datanet_catchup_failures_total", "Catch-up requests that failed.", "counter", g(&self.catchup_failures)),
-            ("datanet_bytes_replicated_total", "Blob bytes fetched from peers.", "counter", g(&self.blob_bytes_fetched)),
+            (
+                "datanet_bytes_replicated_total",
+                "Blob bytes fetched from peers.",
+                "counter",
+                g(&self.blob_bytes_fetched),
+            ),
             ("datanet_blob_fetches_total", "Blob fetches completed.", "counter", g(&self.blob_fetches)),
             ("datanet_blob_fetch_failures_total", "Blob fetches that failed.", "counter", g(&self.blob_fetch_failures)),
-            ("datanet_blob_fetch_timeouts_total", "Blob fetches that timed out.", "counter", g(&self.blob_fetch_timeouts)),
+            (
+                "datanet_blob_fetch_timeouts_total",
+                "Blob fetches that timed out.",
+                "counter",
+                g(&self.blob_fetch_timeouts),
+            ),
         ]
     }
 }

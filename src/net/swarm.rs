@@ -6,6 +6,7 @@
 //! a Datanet topic goes to the daemon for validation; peer records on [`PEERS_TOPIC`] and the
 //! catch-up hello are validated here. All queues are bounded.
 
+use crate::codec::Signed;
 use crate::config::NetConfig;
 use crate::identity::Identity;
 use crate::ids::{DatanetId, PeerKey};
@@ -13,7 +14,6 @@ use crate::net::blobs::{BlobNode, BlobNodeError};
 use crate::net::catchup::{self, CatchupRequest, CatchupResponse};
 use crate::net::record::{PeerRecord, SignedPeerRecord, decode_peer_record};
 use crate::net::{NetMetrics, PEERS_TOPIC, contributions_topic, epochs_topic, keys, now_ms};
-use crate::codec::Signed;
 use futures::StreamExt;
 use iroh_blobs::store::fs::FsStore;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
@@ -209,8 +209,12 @@ impl NetHandle {
 
     /// Stops the swarm (closing every connection), then closes the iroh endpoint.
     pub async fn shutdown(&self) {
-        let _ = self.ask(Command::Shutdown).await;
-        self.blobs.shutdown().await;
+        if tokio::time::timeout(SHUTDOWN_STEP, self.ask(Command::Shutdown)).await.is_err() {
+            tracing::warn!(target: "datanet::net", "swarm did not stop in time");
+        }
+        if tokio::time::timeout(SHUTDOWN_STEP, self.blobs.shutdown()).await.is_err() {
+            tracing::warn!(target: "datanet::net", "iroh endpoint did not close in time");
+        }
     }
 }
 
@@ -236,7 +240,9 @@ fn topic_score_params() -> gossipsub::TopicScoreParams {
         first_message_deliveries_cap: 10.0,
         mesh_message_deliveries_weight: 0.0,
         mesh_failure_penalty_weight: 0.0,
-        invalid_message_deliveries_weight: -20.0,
+        // Squared count: 5 invalid messages in quick succession (-75) leave a peer just above the
+        // graylist threshold (-80); the sixth gets everything it sends dropped unread.
+        invalid_message_deliveries_weight: -3.0,
         invalid_message_deliveries_decay: 0.9,
         ..Default::default()
     }
@@ -284,7 +290,8 @@ fn build_swarm(identity: &Identity, cfg: &NetConfig) -> Result<Swarm<Behaviour>,
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_quic()
         .with_behaviour(move |key| {
-            let gossipsub = gossip_behaviour(key, &cfg2).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            let gossipsub =
+                gossip_behaviour(key, &cfg2).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
             let pid = key.public().to_peer_id();
             let mut kcfg = kad::Config::new(StreamProtocol::new("/datanet/kad/1"));
             kcfg.set_query_timeout(Duration::from_secs(10));
@@ -396,6 +403,9 @@ pub struct NetActor {
     next_record_at: Instant,
     bootstrapped: bool,
 }
+
+/// Longest wait for one shutdown step (swarm, endpoint) before moving on.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(10);
 
 /// Inbound catch-up requests waiting for the daemon's answer, at most.
 const PENDING_INBOUND_MAX: usize = 1024;
@@ -557,7 +567,8 @@ impl NetActor {
         }
         for (p, addrs) in to_dial {
             NetMetrics::inc(&self.metrics.seed_dials);
-            let opts = DialOpts::peer_id(p).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
+            let opts =
+                DialOpts::peer_id(p).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(target: "datanet::net", peer = %p, error = %e, "seed dial not started");
                 self.seed_failed(&p);
@@ -581,8 +592,12 @@ impl NetActor {
         self.last_record_ms = issued_ms;
         let mut p2p_addrs: Vec<String> = self.listen_addrs().iter().map(|a| a.to_string()).collect();
         p2p_addrs.truncate(crate::net::record::ADDRS_MAX);
-        let body =
-            PeerRecord { peer: self.identity.public_key(), iroh_addrs: self.blobs.socket_addrs(), p2p_addrs, issued_ms };
+        let body = PeerRecord {
+            peer: self.identity.public_key(),
+            iroh_addrs: self.blobs.socket_addrs(),
+            p2p_addrs,
+            issued_ms,
+        };
         Signed::sign(body, &self.identity.signing_key())
     }
 
@@ -669,13 +684,11 @@ impl NetActor {
                 }
                 tracing::debug!(target: "datanet::net", peer = %peer_id, "connected");
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
-                if num_established == 0 {
-                    self.connected.remove(&peer_id);
-                    self.metrics.peers_connected.store(self.connected.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    if let Some(s) = self.seeds.get_mut(&peer_id) {
-                        s.next_dial = Instant::now() + Duration::from_millis(self.cfg.reconnect_backoff_min_ms);
-                    }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.connected.remove(&peer_id);
+                self.metrics.peers_connected.store(self.connected.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if let Some(s) = self.seeds.get_mut(&peer_id) {
+                    s.next_dial = Instant::now() + Duration::from_millis(self.cfg.reconnect_backoff_min_ms);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(p), error, .. } => {
@@ -744,11 +757,11 @@ impl NetActor {
                     self.emit(NetEvent::PeerSubscribed { peer: peer_id, datanet });
                 }
             }
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                if info.protocol_version == "/datanet/1" {
-                    for a in info.listen_addrs.into_iter().take(crate::net::record::ADDRS_MAX) {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
-                    }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
+                if info.protocol_version == "/datanet/1" =>
+            {
+                for a in info.listen_addrs.into_iter().take(crate::net::record::ADDRS_MAX) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
                 }
             }
             BehaviourEvent::Catchup(request_response::Event::Message { peer, message, .. }) => match message {
@@ -759,38 +772,40 @@ impl NetActor {
                             tracing::info!(target: "datanet::net", %peer, error = %e, "hello record rejected");
                         }
                         let record = self.own_record().to_bytes();
-                        let _ = self.swarm.behaviour_mut().catchup.send_response(channel, CatchupResponse::Hello { record });
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .catchup
+                            .send_response(channel, CatchupResponse::Hello { record });
                     }
                     request => {
                         if self.pending_in.len() >= PENDING_INBOUND_MAX {
-                            let _ = self.swarm.behaviour_mut().catchup.send_response(
-                                channel,
-                                CatchupResponse::Refused { reason: "busy".into() },
-                            );
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .catchup
+                                .send_response(channel, CatchupResponse::Refused { reason: "busy".into() });
                             return;
                         }
                         let respond = self.next_respond;
                         self.next_respond += 1;
                         self.pending_in.insert(respond, channel);
-                        if !self.emit(NetEvent::CatchupRequest { peer, request, respond }) {
-                            if let Some(ch) = self.pending_in.remove(&respond) {
-                                let _ = self
-                                    .swarm
-                                    .behaviour_mut()
-                                    .catchup
-                                    .send_response(ch, CatchupResponse::Refused { reason: "busy".into() });
-                            }
+                        if !self.emit(NetEvent::CatchupRequest { peer, request, respond })
+                            && let Some(ch) = self.pending_in.remove(&respond)
+                        {
+                            let busy = CatchupResponse::Refused { reason: "busy".into() };
+                            let _ = self.swarm.behaviour_mut().catchup.send_response(ch, busy);
                         }
                     }
                 },
                 request_response::Message::Response { request_id, response } => {
                     if let Some(reply) = self.pending_out.remove(&request_id) {
                         let _ = reply.send(Ok(response));
-                    } else if let CatchupResponse::Hello { record } = response {
-                        if let Err(e) = self.learn_record(&record, Some(peer)) {
-                            NetMetrics::inc(&self.metrics.peer_records_rejected);
-                            tracing::info!(target: "datanet::net", %peer, error = %e, "hello record rejected");
-                        }
+                    } else if let CatchupResponse::Hello { record } = response
+                        && let Err(e) = self.learn_record(&record, Some(peer))
+                    {
+                        NetMetrics::inc(&self.metrics.peer_records_rejected);
+                        tracing::info!(target: "datanet::net", %peer, error = %e, "hello record rejected");
                     }
                 }
             },

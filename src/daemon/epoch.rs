@@ -1,0 +1,685 @@
+//! Epoch agreement in the daemon: drives one [`EpochMachine`] per joined Datanet over gossip.
+//!
+//! Bird's-eye view. The sans-IO machine (`attribution::epoch`) decides; this driver carries out
+//! its [`Action`]s, like [`crate::sim`] does over a simulated network:
+//! - `Broadcast` → publish the canonical bytes on `datanet/<id>/epochs`;
+//! - `Persist` → the snapshot into the ledger's sled tree, flushed, before any later action (so a
+//!   restarted member never votes twice: [`EpochMachine::restore`] resumes from it);
+//! - `NeedPlan` → a task reads the frozen input set's records and the public evaluation file
+//!   (fetched from the committee when missing), computes the [`EpochPlan`] on a blocking thread,
+//!   and answers through the actor's channel ([`EpochInternal::Planned`]);
+//! - `Train` → jobs run one after another on `spawn_blocking` (libtorch, `epoch.train_threads`
+//!   threads); each utility comes back as [`EpochInternal::Measured`]. The actor never blocks on
+//!   training;
+//! - `Attested` → [`ledger::append_and_store_blob`]: the hash-chained ledger and the attestation's
+//!   canonical bytes as a blob.
+//!
+//! Who starts an epoch: `POST /api/v1/epoch/run` (`datanet epoch run`) starts the next epoch (per
+//! this peer's ledger) here; a peer receiving a message for its next epoch creates the machine for
+//! it and feeds the message. The machine keeps running after attestation, answering laggards,
+//! until the next epoch replaces it. Time is milliseconds since the driver was created
+//! (monotonic); the actor's 100 ms tick calls [`EpochMachine::on_timer`] when it is due.
+
+use super::{DaemonActor, DaemonError, DaemonHandle, Internal};
+use crate::admission;
+use crate::attribution::epoch::{Action, EpochConfig, EpochMachine, EpochMessage, EpochStatus, Timing};
+use crate::attribution::features::Featurizer;
+use crate::attribution::{self, EpochParams, EpochPlan, InputRecord};
+use crate::codec;
+use crate::ids::{ContributionId, DatanetId, PeerKey, RecordHash};
+use crate::manifest::{Manifest, TaskKind};
+use crate::net::blobs::FetchKind;
+use crate::net::{NetHandle, TopicKind};
+use crate::store::Store;
+use crate::store::contributions::AdmittedRecord;
+use crate::store::ledger::{self, Ledger};
+use crate::trainer::utility::{UtilityJob, UtilityOptions};
+use libp2p::gossipsub::MessageAcceptance;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// The first epoch of a Datanet whose ledger is empty.
+pub const FIRST_EPOCH: u64 = 1;
+
+/// `[epoch]`: how this peer takes part in epoch agreement. Every committee member of a Datanet
+/// must use the same `jobs` and timings (they shape the plan and the windows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EpochSettings {
+    /// Coalition jobs (T) per epoch.
+    pub jobs: u32,
+    /// First view's timeout of the freeze and score rounds.
+    pub view_timeout_ms: u64,
+    /// From the input certificate to the commit deadline: training happens in here.
+    pub commit_window_ms: u64,
+    /// From the commit deadline to the score proposal.
+    pub reveal_window_ms: u64,
+    /// How often a member re-sends its current messages.
+    pub rebroadcast_ms: u64,
+    /// libtorch CPU threads per training job.
+    pub train_threads: usize,
+    /// How long to wait for the public evaluation file from the committee when it is not stored here.
+    pub eval_fetch_timeout_ms: u64,
+}
+
+impl Default for EpochSettings {
+    fn default() -> Self {
+        let t = Timing::default();
+        EpochSettings {
+            jobs: 32,
+            view_timeout_ms: t.view_timeout_ms,
+            commit_window_ms: t.commit_window_ms,
+            reveal_window_ms: t.reveal_window_ms,
+            rebroadcast_ms: t.rebroadcast_ms,
+            train_threads: 1,
+            eval_fetch_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl EpochSettings {
+    /// The machine's timing.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            view_timeout_ms: self.view_timeout_ms,
+            commit_window_ms: self.commit_window_ms,
+            reveal_window_ms: self.reveal_window_ms,
+            rebroadcast_ms: self.rebroadcast_ms,
+        }
+    }
+
+    /// Checks the knobs, naming the bad key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.jobs == 0 || self.jobs > 100_000 {
+            return Err("epoch.jobs: must be between 1 and 100000".into());
+        }
+        for (k, v) in [
+            ("epoch.view_timeout_ms", self.view_timeout_ms),
+            ("epoch.commit_window_ms", self.commit_window_ms),
+            ("epoch.reveal_window_ms", self.reveal_window_ms),
+            ("epoch.rebroadcast_ms", self.rebroadcast_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("{k}: must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The answer to `POST /api/v1/epoch/run`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochRunReply {
+    /// Datanet id (hex).
+    pub datanet: String,
+    pub epoch: u64,
+    /// False when this epoch was already running here.
+    pub started: bool,
+    pub status: EpochStatus,
+}
+
+/// One joined Datanet in `GET /api/v1/epoch/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DatanetEpochs {
+    pub datanet: String,
+    pub name: String,
+    /// The epoch machine running here (attested ones stay until the next epoch starts).
+    pub current: Option<EpochStatus>,
+    /// The last attested epoch in this peer's ledger and its hash.
+    pub head_epoch: Option<u64>,
+    pub head_hash: Option<String>,
+    /// The last problem the driver met (plan, training, ledger), if any.
+    pub last_error: Option<String>,
+}
+
+/// Commands from [`DaemonHandle`]s.
+pub(super) enum EpochCommand {
+    Run { datanet: String, reply: oneshot::Sender<Result<EpochRunReply, String>> },
+    Status(oneshot::Sender<Vec<DatanetEpochs>>),
+    Attestation { datanet: String, epoch: Option<u64>, reply: oneshot::Sender<Result<(u64, Vec<u8>), String>> },
+}
+
+/// Results of the driver's tasks.
+pub(super) enum EpochInternal {
+    Planned { datanet: DatanetId, epoch: u64, result: Result<Box<Planned>, String> },
+    Measured { datanet: DatanetId, epoch: u64, job: u32, result: Result<i64, String> },
+    TrainingDone { datanet: DatanetId, epoch: u64, error: Option<String> },
+}
+
+/// The plan of an epoch and what training its jobs needs.
+pub(super) struct Planned {
+    plan: EpochPlan,
+    values: HashMap<RecordHash, Value>,
+    eval: Vec<Value>,
+    base: PathBuf,
+}
+
+struct Running {
+    machine: EpochMachine,
+    planned: Option<Arc<Planned>>,
+    /// Jobs the machine asked for that no training task has taken yet.
+    jobs: Vec<u32>,
+    training: bool,
+}
+
+/// The driver's state, owned by the actor.
+pub(super) struct Epochs {
+    origin: Instant,
+    running: HashMap<DatanetId, Running>,
+    errors: HashMap<DatanetId, String>,
+    last_refresh: Instant,
+}
+
+/// How often a machine still freezing learns of newly held contributions.
+const INPUT_REFRESH: Duration = Duration::from_secs(1);
+
+impl Epochs {
+    pub(super) fn new() -> Self {
+        Epochs { origin: Instant::now(), running: HashMap::new(), errors: HashMap::new(), last_refresh: Instant::now() }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+}
+
+impl DaemonHandle {
+    /// Starts the next epoch of a Datanet at this peer now (or reports the one running).
+    pub async fn epoch_run(&self, datanet: &str) -> Result<EpochRunReply, String> {
+        let datanet = datanet.to_string();
+        self.ask(|reply| super::Command::Epoch(EpochCommand::Run { datanet, reply }))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// The epochs of every joined Datanet.
+    pub async fn epoch_status(&self) -> Result<Vec<DatanetEpochs>, DaemonError> {
+        self.ask(|r| super::Command::Epoch(EpochCommand::Status(r))).await
+    }
+
+    /// The canonical bytes of an attestation in this peer's ledger (`epoch`: default the head).
+    pub async fn epoch_attestation(&self, datanet: &str, epoch: Option<u64>) -> Result<(u64, Vec<u8>), String> {
+        let datanet = datanet.to_string();
+        self.ask(|reply| super::Command::Epoch(EpochCommand::Attestation { datanet, epoch, reply }))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+}
+
+impl DaemonActor {
+    pub(super) async fn on_epoch_command(&mut self, cmd: EpochCommand) {
+        match cmd {
+            EpochCommand::Run { datanet, reply } => {
+                let r = self.epoch_run(&datanet).await;
+                let _ = reply.send(r);
+            }
+            EpochCommand::Status(reply) => {
+                let _ = reply.send(self.epoch_status());
+            }
+            EpochCommand::Attestation { datanet, epoch, reply } => {
+                let _ = reply.send(self.epoch_attestation(&datanet, epoch));
+            }
+        }
+    }
+
+    fn resolve_joined(&self, datanet: &str) -> Result<DatanetId, String> {
+        let (id, _) = self
+            .store
+            .resolve_datanet(datanet)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("datanet `{datanet}` is not known here"))?;
+        if !self.joined.contains_key(&id) {
+            return Err(format!("datanet `{datanet}` is not joined by this daemon"));
+        }
+        Ok(id)
+    }
+
+    async fn epoch_run(&mut self, datanet: &str) -> Result<EpochRunReply, String> {
+        self.cfg.epoch.validate()?;
+        let d = self.resolve_joined(datanet)?;
+        let me = self.identity.public_key();
+        if !self.joined[&d].committee.members.contains(&me) {
+            return Err(format!("this peer ({}) is not on the committee of datanet {}", me.short(), d.short()));
+        }
+        if let Some(r) = self.epochs.running.get(&d) {
+            if r.machine.attestation().is_none() {
+                let status = r.machine.status();
+                return Ok(EpochRunReply { datanet: d.to_hex(), epoch: status.epoch, started: false, status });
+            }
+        }
+        let epoch = self.next_epoch(&d)?;
+        self.epoch_create(d, epoch).await?;
+        let status = self.epochs.running[&d].machine.status();
+        tracing::info!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch, "epoch started here");
+        Ok(EpochRunReply { datanet: d.to_hex(), epoch, started: true, status })
+    }
+
+    fn epoch_status(&self) -> Vec<DatanetEpochs> {
+        let ledger = Ledger::open(self.store.db());
+        let mut out: Vec<DatanetEpochs> = self
+            .joined
+            .iter()
+            .map(|(d, m)| {
+                let head = ledger.head(d).ok().flatten();
+                DatanetEpochs {
+                    datanet: d.to_hex(),
+                    name: m.name.clone(),
+                    current: self.epochs.running.get(d).map(|r| r.machine.status()),
+                    head_epoch: head.map(|h| h.epoch),
+                    head_hash: head.map(|h| hex::encode(h.hash)),
+                    last_error: self.epochs.errors.get(d).cloned(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn epoch_attestation(&self, datanet: &str, epoch: Option<u64>) -> Result<(u64, Vec<u8>), String> {
+        let (d, _) = self
+            .store
+            .resolve_datanet(datanet)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("datanet `{datanet}` is not known here"))?;
+        let ledger = Ledger::open(self.store.db());
+        let epoch = match epoch {
+            Some(e) => e,
+            None => ledger.head(&d).map_err(|e| e.to_string())?.ok_or("no attested epoch yet")?.epoch,
+        };
+        let a = ledger
+            .attestation(&d, epoch)
+            .map_err(|e| e.to_string())?
+            .ok_or(format!("no attestation of epoch {epoch}"))?;
+        Ok((epoch, codec::encode(&a)))
+    }
+
+    fn next_epoch(&self, d: &DatanetId) -> Result<u64, String> {
+        let head = Ledger::open(self.store.db()).head(d).map_err(|e| e.to_string())?;
+        Ok(head.map(|h| h.epoch + 1).unwrap_or(FIRST_EPOCH))
+    }
+
+    /// Creates (or restores from its snapshot) and starts the machine of `epoch`, replacing any
+    /// earlier one, and carries out its first actions.
+    async fn epoch_create(&mut self, d: DatanetId, epoch: u64) -> Result<(), String> {
+        let m = self.joined.get(&d).ok_or("datanet not joined")?.clone();
+        let ledger = Ledger::open(self.store.db());
+        let prev = ledger.head(&d).map_err(|e| e.to_string())?.map(|h| h.hash).unwrap_or([0; 32]);
+        let cfg = EpochConfig::from_manifest(&m, epoch, prev, self.cfg.epoch.timing());
+        let held: Vec<ContributionId> =
+            self.store.contributions(&d).map_err(|e| e.to_string())?.iter().map(|c| c.id).collect();
+        let key = self.identity.signing_key();
+        let mut machine = match ledger.snapshot(&d, epoch).map_err(|e| e.to_string())? {
+            Some(s) => {
+                tracing::info!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch, "resuming from snapshot");
+                EpochMachine::restore(cfg, key, held, s)
+            }
+            None => EpochMachine::new(cfg, key, held),
+        };
+        let now = self.epochs.now_ms();
+        let mut actions = machine.start(now);
+        // A snapshot may hold an attestation the ledger missed (crash between the two).
+        if let Some(a) = machine.attestation() {
+            actions.push(Action::Attested { attestation: Box::new(a.clone()), standing_lost: Vec::new() });
+        }
+        self.epochs.errors.remove(&d);
+        self.epochs.running.insert(d, Running { machine, planned: None, jobs: Vec::new(), training: false });
+        self.epoch_apply(d, actions).await;
+        Ok(())
+    }
+
+    /// The seam for epoch agreement: gossip bytes on `datanet/<id>/epochs`.
+    pub(super) async fn on_epoch_bytes(&mut self, d: DatanetId, data: &[u8]) -> MessageAcceptance {
+        if !self.joined.contains_key(&d) {
+            return MessageAcceptance::Ignore;
+        }
+        let msg: EpochMessage = match codec::decode(data) {
+            Ok(m) => m,
+            Err(_) => {
+                self.metrics.reject(super::metrics::RejectReason::Malformed);
+                return MessageAcceptance::Reject;
+            }
+        };
+        let running_epoch = self.epochs.running.get(&d).map(|r| r.machine.config().epoch);
+        match (msg.epoch(), running_epoch) {
+            (Some((md, _)), _) if md != d => return MessageAcceptance::Reject,
+            (None, None) => return MessageAcceptance::Ignore,
+            (None, Some(_)) => {}
+            (Some((_, e)), Some(r)) if e == r => {}
+            (Some((_, e)), r) => {
+                let next = match self.next_epoch(&d) {
+                    Ok(n) => n,
+                    Err(_) => return MessageAcceptance::Ignore,
+                };
+                if e != next || r.is_some_and(|r| r >= e) {
+                    tracing::debug!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch = e, next, "message for another epoch");
+                    return MessageAcceptance::Ignore;
+                }
+                if let Err(err) = self.epoch_create(d, e).await {
+                    tracing::warn!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch = e, error = %err, "cannot join epoch");
+                    return MessageAcceptance::Ignore;
+                }
+                tracing::info!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch = e, "joined an epoch started elsewhere");
+            }
+        }
+        let now = self.epochs.now_ms();
+        let Some(r) = self.epochs.running.get_mut(&d) else { return MessageAcceptance::Ignore };
+        let actions = r.machine.on_bytes(now, data);
+        let rejected = actions.iter().any(|a| matches!(a, Action::Rejected { .. }));
+        self.epoch_apply(d, actions).await;
+        if rejected { MessageAcceptance::Ignore } else { MessageAcceptance::Accept }
+    }
+
+    /// Timers and input refresh; called on the actor's tick.
+    pub(super) async fn epoch_tick(&mut self) {
+        if self.epochs.running.is_empty() {
+            return;
+        }
+        let refresh = self.epochs.last_refresh.elapsed() >= INPUT_REFRESH;
+        if refresh {
+            self.epochs.last_refresh = Instant::now();
+        }
+        let now = self.epochs.now_ms();
+        let ds: Vec<DatanetId> = self.epochs.running.keys().copied().collect();
+        for d in ds {
+            let held = if refresh && self.epochs.running[&d].machine.input_certificate().is_none() {
+                self.store.contributions(&d).map(|l| l.iter().map(|c| c.id).collect::<Vec<_>>()).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let Some(r) = self.epochs.running.get_mut(&d) else { continue };
+            r.machine.add_inputs(held);
+            if r.machine.next_deadline().is_some_and(|t| t <= now) {
+                let actions = r.machine.on_timer(now);
+                self.epoch_apply(d, actions).await;
+            }
+        }
+    }
+
+    pub(super) async fn on_epoch_internal(&mut self, msg: EpochInternal) {
+        let now = self.epochs.now_ms();
+        match msg {
+            EpochInternal::Planned { datanet, epoch, result } => {
+                let Some(r) = self.epochs.running.get_mut(&datanet).filter(|r| r.machine.config().epoch == epoch)
+                else {
+                    return;
+                };
+                match result {
+                    Ok(p) => {
+                        tracing::info!(target: "datanet::daemon::epoch", datanet = %datanet.short(), epoch, units = p.plan.units.len(), jobs = p.plan.job_count(), "plan ready");
+                        let p: Arc<Planned> = Arc::from(p);
+                        r.planned = Some(p.clone());
+                        let actions = r.machine.set_plan(now, p.plan.clone());
+                        self.epoch_apply(datanet, actions).await;
+                    }
+                    Err(e) => self.epoch_error(datanet, format!("epoch {epoch}: plan: {e}")),
+                }
+            }
+            EpochInternal::Measured { datanet, epoch, job, result } => {
+                let Some(r) = self.epochs.running.get_mut(&datanet).filter(|r| r.machine.config().epoch == epoch)
+                else {
+                    return;
+                };
+                match result {
+                    Ok(u) => {
+                        tracing::info!(target: "datanet::daemon::epoch", datanet = %datanet.short(), epoch, job, utility = u, "job measured");
+                        let actions = r.machine.on_utility(now, job, u);
+                        self.epoch_apply(datanet, actions).await;
+                    }
+                    Err(e) => self.epoch_error(datanet, format!("epoch {epoch}: job {job}: {e}")),
+                }
+            }
+            EpochInternal::TrainingDone { datanet, epoch, error } => {
+                if let Some(e) = error {
+                    self.epoch_error(datanet, format!("epoch {epoch}: training: {e}"));
+                }
+                if let Some(r) = self.epochs.running.get_mut(&datanet).filter(|r| r.machine.config().epoch == epoch) {
+                    r.training = false;
+                }
+                self.epoch_start_training(datanet);
+            }
+        }
+    }
+
+    fn epoch_error(&mut self, d: DatanetId, e: String) {
+        tracing::error!(target: "datanet::daemon::epoch", datanet = %d.short(), error = %e, "epoch driver");
+        self.epochs.errors.insert(d, e);
+    }
+
+    /// Carries out a machine's actions in order; stops at a snapshot that could not be persisted
+    /// (the actions after it may be votes it protects).
+    async fn epoch_apply(&mut self, d: DatanetId, actions: Vec<Action>) {
+        let Some(epoch) = self.epochs.running.get(&d).map(|r| r.machine.config().epoch) else { return };
+        let ledger = Ledger::open(self.store.db());
+        for a in actions {
+            match a {
+                Action::Broadcast(m) => {
+                    if let Err(e) = self.net.publish(d, TopicKind::Epochs, codec::encode(&m)).await {
+                        tracing::debug!(target: "datanet::daemon::epoch", error = %e, "epoch message not published");
+                    }
+                }
+                Action::Persist(s) => {
+                    if let Err(e) = ledger.save_snapshot(&d, epoch, &s) {
+                        self.epoch_error(d, format!("epoch {epoch}: snapshot not persisted: {e}"));
+                        return;
+                    }
+                }
+                Action::NeedPlan { seed, items } => self.epoch_spawn_plan(d, epoch, seed, items),
+                Action::Train { job } => {
+                    if let Some(r) = self.epochs.running.get_mut(&d) {
+                        if !r.jobs.contains(&job) {
+                            r.jobs.push(job);
+                        }
+                    }
+                }
+                Action::StoreEvidence(e) => {
+                    tracing::warn!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch, offender = %e.offender().short(), "evidence of equivocation");
+                    if let Err(err) = ledger.put_evidence(&d, &e) {
+                        self.epoch_error(d, format!("evidence not stored: {err}"));
+                    }
+                }
+                Action::Certified(c) => {
+                    tracing::info!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch, phase = ?c.header.phase, view = c.header.view, signers = c.signer_indexes().len(), "certificate");
+                }
+                Action::Attested { attestation, standing_lost } => {
+                    match ledger::append_and_store_blob(&self.store, &attestation, &standing_lost).await {
+                        Ok((appended, blob)) => {
+                            tracing::info!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch, hash = %hex::encode(attestation.hash()), blob = %blob.short(), contributors = attestation.leaves.len(), new = matches!(appended, ledger::Appended::New), "epoch attested");
+                        }
+                        Err(e) => self.epoch_error(d, format!("epoch {epoch}: ledger append: {e}")),
+                    }
+                }
+                Action::Rejected { from, reason } => {
+                    tracing::debug!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch, from = ?from.map(|k| k.short()), %reason, "epoch message refused");
+                }
+            }
+        }
+        self.epoch_start_training(d);
+    }
+
+    fn epoch_spawn_plan(&mut self, d: DatanetId, epoch: u64, seed: [u8; 32], items: Vec<ContributionId>) {
+        let Some(m) = self.joined.get(&d).cloned() else { return };
+        let (store, net, internal) = (self.store.clone(), self.net.clone(), self.internal.clone());
+        let (settings, datadir, me) = (self.cfg.epoch.clone(), self.datadir.clone(), self.identity.public_key());
+        self.tasks.spawn(async move {
+            let result = build_plan(&store, &net, me, &m, d, seed, items, &settings, &datadir).await.map(Box::new);
+            let _ = internal.send(Internal::Epoch(EpochInternal::Planned { datanet: d, epoch, result })).await;
+        });
+    }
+
+    fn epoch_start_training(&mut self, d: DatanetId) {
+        let Some(m) = self.joined.get(&d).cloned() else { return };
+        let Some(r) = self.epochs.running.get_mut(&d) else { return };
+        if r.training || r.jobs.is_empty() {
+            return;
+        }
+        let Some(planned) = r.planned.clone() else { return };
+        let jobs = std::mem::take(&mut r.jobs);
+        r.training = true;
+        let epoch = r.machine.config().epoch;
+        let threads = self.cfg.epoch.train_threads;
+        let internal = self.internal.clone();
+        self.tasks.spawn(async move {
+            let tx = internal.clone();
+            let error = match tokio::task::spawn_blocking(move || {
+                train_jobs(&planned, &m, &jobs, threads, d, epoch, &tx)
+            })
+            .await
+            {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(e) => Some(format!("training task: {e}")),
+            };
+            let _ = internal.send(Internal::Epoch(EpochInternal::TrainingDone { datanet: d, epoch, error })).await;
+        });
+    }
+}
+
+/// Measures `jobs` one after another and sends each utility to the actor (blocking thread).
+fn train_jobs(
+    planned: &Planned,
+    m: &Manifest,
+    jobs: &[u32],
+    threads: usize,
+    d: DatanetId,
+    epoch: u64,
+    tx: &mpsc::Sender<Internal>,
+) -> Result<(), String> {
+    let opts = UtilityOptions { threads, ..UtilityOptions::default() };
+    let mut job = UtilityJob::open(&planned.base, &m.task, &m.recipe, &m.eval.slices, &planned.eval, opts)
+        .map_err(|e| format!("loading the base from {}: {e}", planned.base.display()))?;
+    let seed = attribution::jobs::training_seed(planned.plan.seed, m.recipe.seed);
+    for &j in jobs {
+        let result = match planned.plan.job_records(j) {
+            None => Err(format!("job {j} is not in the plan")),
+            Some(hashes) => {
+                let values: Vec<Value> = hashes.iter().filter_map(|h| planned.values.get(h).cloned()).collect();
+                job.utility_seeded(&values, seed).map_err(|e| e.to_string())
+            }
+        };
+        if tx.blocking_send(Internal::Epoch(EpochInternal::Measured { datanet: d, epoch, job: j, result })).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the frozen input set and the evaluation file, and computes the plan (blocking part on a
+/// blocking thread).
+#[allow(clippy::too_many_arguments)]
+async fn build_plan(
+    store: &Store,
+    net: &NetHandle,
+    me: PeerKey,
+    m: &Manifest,
+    d: DatanetId,
+    seed: [u8; 32],
+    items: Vec<ContributionId>,
+    settings: &EpochSettings,
+    datadir: &Path,
+) -> Result<Planned, String> {
+    let records = store.datanet_records(&d, Some(&items)).await.map_err(|e| format!("input records: {e}"))?;
+    let eval = eval_values(store, net, me, m, Duration::from_millis(settings.eval_fetch_timeout_ms)).await?;
+    let (m, jobs, datadir) = (m.clone(), settings.jobs, datadir.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let (inputs, eval_emb) = input_records(&m.task, &records, &eval)?;
+        let params = EpochParams::from_manifest(&m, jobs);
+        let plan = attribution::plan(&inputs, &eval_emb, seed, &params).map_err(|e| e.to_string())?;
+        let base = base_dir(&datadir, &m)?;
+        let values = records.into_iter().map(|r| (r.hash, r.value)).collect();
+        Ok(Planned { plan, values, eval, base })
+    })
+    .await
+    .map_err(|e| format!("plan task: {e}"))?
+}
+
+/// The public evaluation records of a Datanet, each with its `slice` field; the file is fetched
+/// from the committee and the founder when this peer does not hold it.
+pub async fn eval_values(
+    store: &Store,
+    net: &NetHandle,
+    me: PeerKey,
+    m: &Manifest,
+    timeout: Duration,
+) -> Result<Vec<Value>, String> {
+    let h = m.eval.public_hash;
+    if !store.has_blob(&h).await.unwrap_or(false) {
+        let mut providers: Vec<PeerKey> = m.committee.members.iter().copied().filter(|k| *k != me).collect();
+        if m.founder != me && !providers.contains(&m.founder) {
+            providers.insert(0, m.founder);
+        }
+        net.blobs()
+            .fetch(h, FetchKind::Raw, &providers, timeout)
+            .await
+            .map_err(|e| format!("fetching the evaluation file {}: {e}", h.short()))?;
+    }
+    let bytes = store.get_blob(&h).await.map_err(|e| format!("the evaluation file {}: {e}", h.short()))?;
+    let recs = admission::parse_eval(m, &bytes).map_err(|e| format!("the evaluation file: {e}"))?;
+    Ok(recs
+        .into_iter()
+        .map(|e| {
+            let mut v = e.record.value;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("slice".into(), Value::String(e.slice));
+            }
+            v
+        })
+        .collect())
+}
+
+/// Attribution inputs from admitted records: fixed-point features against the evaluation set.
+pub fn input_records(
+    task: &TaskKind,
+    records: &[AdmittedRecord],
+    eval: &[Value],
+) -> Result<(Vec<InputRecord>, Vec<attribution::features::Embedding>), String> {
+    let featurizer = Featurizer::new(task, eval).map_err(|(i, e)| format!("evaluation record {}: {e}", i + 1))?;
+    let inputs = records
+        .iter()
+        .map(|r| {
+            let embedding = featurizer.embed(&r.value).map_err(|e| format!("record {}: {e}", r.hash.short()))?;
+            Ok(InputRecord {
+                hash: r.hash,
+                contributor: r.contributor,
+                cluster: r.cluster.unwrap_or(r.hash),
+                embedding,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let eval_emb = eval
+        .iter()
+        .enumerate()
+        .map(|(i, v)| featurizer.embed(v).map_err(|e| format!("evaluation record {}: {e}", i + 1)))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((inputs, eval_emb))
+}
+
+/// The base folder of a manifest: `models/<hash>/`, else its generated preset (created once).
+pub fn base_dir(datadir: &Path, m: &Manifest) -> Result<PathBuf, String> {
+    use crate::trainer::{Family, init};
+    let bm = &m.base_model;
+    let models = datadir.join("models");
+    if bm.hash != crate::ids::BlobHash::default() {
+        let dir = models.join(bm.hash.to_hex());
+        if !dir.exists() {
+            return Err(format!("base model {} is not installed; `datanet model import <folder>` it", bm.hash));
+        }
+        return Ok(dir);
+    }
+    let family: Family = bm.family.parse().map_err(|e| format!("base_model.family: {e}"))?;
+    let (features, classes) = match m.task {
+        TaskKind::Tabular { features, classes } => (features, classes),
+        _ => (0, 0),
+    };
+    let dir = models.join(format!("generated-{}-{}-{}-{features}x{classes}", family.name(), bm.preset, bm.seed));
+    if !dir.join("config.json").exists() {
+        let base = init::random_base(family, &bm.preset, features.max(1), classes.max(2), bm.seed)
+            .map_err(|e| format!("generating the base: {e}"))?;
+        init::save_base(&base, &dir, None).map_err(|e| format!("saving the base in {}: {e}", dir.display()))?;
+    }
+    Ok(dir)
+}
