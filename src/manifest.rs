@@ -341,8 +341,10 @@ pub struct EvalBlobs {
 impl ManifestFile {
     /// Reads and parses a manifest file.
     pub fn read(path: &std::path::Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.display().to_string(), source })?;
-        toml::from_str(&text).map_err(|e| ManifestError::Toml { path: path.display().to_string(), message: e.to_string() })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ManifestError::Read { path: path.display().to_string(), source })?;
+        toml::from_str(&text)
+            .map_err(|e| ManifestError::Toml { path: path.display().to_string(), message: e.to_string() })
     }
 
     /// Checks every key and builds the canonical manifest. `base_dir` resolves the evaluation
@@ -372,7 +374,12 @@ impl ManifestFile {
                 }
                 TaskKind::Tabular { features: self.task.features, classes: self.task.classes }
             }
-            other => return Err(key_err("task.kind", format!("unknown task kind `{other}` (expected text, instruct or tabular)"))),
+            other => {
+                return Err(key_err(
+                    "task.kind",
+                    format!("unknown task kind `{other}` (expected text, instruct or tabular)"),
+                ));
+            }
         };
         let a = &self.admission;
         if a.record_bytes_max == 0 || a.record_bytes_max as usize >= crate::admission::CHUNK_BYTES_MAX {
@@ -399,14 +406,21 @@ impl ManifestFile {
             return Err(key_err("base_model.family", format!("unknown family `{}` (expected llama or mlp)", b.family)));
         }
         let base_model = match (&b.preset, &b.hash) {
-            (Some(p), None) => BaseModel { family: b.family.clone(), hash: BlobHash::default(), preset: p.clone(), seed: b.seed },
+            (Some(p), None) => {
+                BaseModel { family: b.family.clone(), hash: BlobHash::default(), preset: p.clone(), seed: b.seed }
+            }
             (None, Some(h)) => BaseModel {
                 family: b.family.clone(),
                 hash: h.parse().map_err(|e| key_err("base_model.hash", format!("{e}")))?,
                 preset: String::new(),
                 seed: b.seed,
             },
-            _ => return Err(key_err("base_model", "set exactly one of `preset` (generated base) or `hash` (real weights)")),
+            _ => {
+                return Err(key_err(
+                    "base_model",
+                    "set exactly one of `preset` (generated base) or `hash` (real weights)",
+                ));
+            }
         };
         let r = &self.recipe;
         if r.lora_rank == 0 {
@@ -438,7 +452,7 @@ impl ManifestFile {
             return Err(key_err("eval.slices", "must list at least one slice"));
         }
         let total: f64 = self.eval.slices.iter().map(|s| s.weight).sum();
-        if self.eval.slices.iter().any(|s| !(s.weight > 0.0) || !s.weight.is_finite()) || total <= 0.0 {
+        if self.eval.slices.iter().any(|s| s.weight.is_nan() || s.weight <= 0.0 || !s.weight.is_finite()) || total <= 0.0 {
             return Err(key_err("eval.slices", "every slice weight must be a positive number"));
         }
         let mut names = std::collections::BTreeSet::new();
@@ -454,7 +468,8 @@ impl ManifestFile {
             .map(|s| EvalSlice { name: s.name.clone(), weight_ppm: ((s.weight / total) * 1_000_000.0).round() as u32 })
             .collect();
         let read = |key: &str, p: &str| {
-            std::fs::read(base_dir.join(p)).map_err(|e| key_err(key, format!("cannot read {}: {e}", base_dir.join(p).display())))
+            std::fs::read(base_dir.join(p))
+                .map_err(|e| key_err(key, format!("cannot read {}: {e}", base_dir.join(p).display())))
         };
         let public = read("eval.public", &self.eval.public)?;
         let secret = self.eval.secret.as_deref().map(|p| read("eval.secret", p)).transpose()?;
@@ -469,7 +484,11 @@ impl ManifestFile {
         }
         let mut members = Vec::new();
         for (i, m) in self.committee.members.iter().enumerate() {
-            let k = if m == "self" { founder } else { m.parse().map_err(|e| key_err(format!("committee.members[{i}]"), format!("{e}")))? };
+            let k = if m == "self" {
+                founder
+            } else {
+                m.parse().map_err(|e| key_err(format!("committee.members[{i}]"), format!("{e}")))?
+            };
             if ed25519_dalek::VerifyingKey::from_bytes(k.as_bytes()).is_err() {
                 return Err(key_err(format!("committee.members[{i}]"), "not a valid ed25519 public key"));
             }
