@@ -18,3 +18,4 @@ pub mod sim;
 pub mod store;
 pub mod trainer;
 pub mod testnet;
+pub mod wire;

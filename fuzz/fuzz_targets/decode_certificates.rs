@@ -1,0 +1,9 @@
+//! Fuzzes quorum certificates and attestations: arbitrary bytes are refused or round-trip exactly; never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    for kind in ["certificate", "attestation"] {
+        let _ = datanet::wire::decode_as(kind, data);
+    }
+});

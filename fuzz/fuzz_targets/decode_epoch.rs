@@ -1,0 +1,9 @@
+//! Fuzzes epoch messages (propose, votes, commit, reveal, new view, evidence) and snapshots: arbitrary bytes are refused or round-trip exactly; never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    for kind in ["epoch-message", "epoch-snapshot"] {
+        let _ = datanet::wire::decode_as(kind, data);
+    }
+});
