@@ -521,7 +521,7 @@ impl EpochMachine {
         let mut out = Vec::new();
         match msg {
             EpochMessage::Vote(v) => self.on_vote(now, v, &mut out),
-            EpochMessage::Propose(p) => self.on_propose(now, p, &mut out),
+            EpochMessage::Propose(p) => self.on_propose(now, *p, &mut out),
             EpochMessage::Commit(c) => self.on_commit(now, c, &mut out),
             EpochMessage::Reveal(r) => self.on_reveal(now, r, &mut out),
             EpochMessage::NewView(nv) => self.on_new_view(now, nv, &mut out),
@@ -755,7 +755,7 @@ impl EpochMachine {
         let ph = pidx(h.phase);
         if let Some(prev) = self.rounds[ph].proposals.get(&view) {
             if prev.body != p.body {
-                let e = Evidence::new(Statement::Propose(prev.clone()), Statement::Propose(p));
+                let e = Evidence::new(Statement::Propose(Box::new(prev.clone())), Statement::Propose(Box::new(p)));
                 self.add_evidence(e, out);
             }
             return;
@@ -973,7 +973,7 @@ impl EpochMachine {
         };
         self.rounds[ph].proposed.insert(view);
         let signed = Signed::sign(body, &self.key);
-        out.push(Action::Broadcast(EpochMessage::Propose(signed.clone())));
+        out.push(Action::Broadcast(EpochMessage::Propose(Box::new(signed.clone()))));
         self.on_propose(now, signed, out);
     }
 
@@ -1202,7 +1202,7 @@ impl EpochMachine {
             msgs.push(EpochMessage::Certificate(c.clone()));
             // Laggards need the certified item list, not only its root.
             if let Some(p) = self.rounds[0].proposals.get(&c.header.view) {
-                msgs.push(EpochMessage::Propose(p.clone()));
+                msgs.push(EpochMessage::Propose(Box::new(p.clone())));
             }
         }
         for r in &self.rounds {
@@ -1214,7 +1214,7 @@ impl EpochMachine {
             }
             if let Some(p) = r.proposals.get(&r.view) {
                 if self.me.is_some_and(|me| me == self.leader(r.view)) {
-                    msgs.push(EpochMessage::Propose(p.clone()));
+                    msgs.push(EpochMessage::Propose(Box::new(p.clone())));
                 }
             }
             for k in [VoteKind::Prepare, VoteKind::Commit] {

@@ -312,7 +312,7 @@ impl Canonical for NewView {
 pub enum Statement {
     Vote(Vote),
     Commit(Signed<Commit>),
-    Propose(Signed<Propose>),
+    Propose(Box<Signed<Propose>>),
 }
 
 impl Statement {
@@ -429,7 +429,7 @@ impl Evidence {
 /// Everything epoch agreement sends over gossip (topic `datanet/<id>/epochs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EpochMessage {
-    Propose(Signed<Propose>),
+    Propose(Box<Signed<Propose>>),
     Vote(Vote),
     Commit(Signed<Commit>),
     Reveal(Signed<Reveal>),

@@ -53,3 +53,45 @@ pub fn score_reports(
         standing_lost: standing.into_iter().collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::{ContributorSummary, EpochParams, Unit, coalitions};
+    use crate::ids::RecordHash;
+    use proptest::prelude::*;
+
+    fn plan(jobs: u32) -> EpochPlan {
+        let keys: Vec<PeerKey> = (0..4u8).map(|i| PeerKey([i; 32])).collect();
+        let units = (0..5u32)
+            .map(|u| Unit {
+                records: (0..4u32).map(|i| RecordHash([(u * 4 + i) as u8; 32])).collect(),
+                shares: vec![(keys[u as usize % 4], 3), (keys[(u as usize + 1) % 4], 1)],
+            })
+            .collect();
+        EpochPlan {
+            seed: [3; 32],
+            params: EpochParams::with_jobs(jobs),
+            units,
+            coalitions: coalitions([3; 32], 5, jobs),
+            contributors: keys.iter().map(|k| ContributorSummary { contributor: *k, ..Default::default() }).collect(),
+            record_values: vec![],
+            screened: vec![],
+        }
+    }
+
+    proptest! {
+        // The median table, the credit and both roots do not depend on the order of the reports.
+        #[test]
+        fn invariant_to_report_order(raw in proptest::collection::vec((0u32..6, 0u8..5, -100_000i64..100_000), 0..40), rot in any::<usize>()) {
+            let p = plan(6);
+            let reports: Vec<Report> = raw.iter().map(|&(job, k, utility)| Report { job, reporter: PeerKey([k; 32]), utility }).collect();
+            let a = score_reports(&p, &reports, 2, 10_000).unwrap();
+            let mut shuffled = reports.clone();
+            shuffled.reverse();
+            if !shuffled.is_empty() { let n = shuffled.len(); shuffled.rotate_left(rot % n); }
+            let b = score_reports(&p, &shuffled, 2, 10_000).unwrap();
+            prop_assert_eq!(a, b);
+        }
+    }
+}
