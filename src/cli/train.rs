@@ -106,6 +106,23 @@ pub enum ModelCmd {
     Hash { dir: PathBuf },
     /// Copy a model folder into the datadir's `models/<hash>/`.
     Import { dir: PathBuf },
+    /// The Rust half of `make bench-train` (writes base, data, initial adapter and rust.json to --out).
+    BenchTrain {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        steps: u32,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        #[arg(long, default_value_t = 0.001)]
+        lr: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        dev: DeviceArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -244,6 +261,24 @@ async fn model(cmd: ModelCmd, g: &Global) -> anyhow::Result<()> {
                 outcome.tokens as f64 / outcome.elapsed.as_secs_f64().max(1e-9),
                 out.display(),
                 folder_hash(&out)?
+            );
+            Ok(())
+        }
+        ModelCmd::BenchTrain { out, steps, batch, seq, lr, seed, dev } => {
+            let opts = trainer::bench::BenchOptions {
+                steps,
+                threads: dev.threads,
+                device: dev.resolve()?,
+                seed,
+                batch,
+                sequence_length: seq,
+                learning_rate: lr,
+            };
+            let r = tokio::task::spawn_blocking(move || trainer::bench::run(&out, &opts)).await??;
+            println!(
+                "rust: {:.0} tokens/s, peak RSS {:.0} MiB",
+                r["tok_s"].as_f64().unwrap_or(0.0),
+                r["rss_mb"].as_f64().unwrap_or(0.0)
             );
             Ok(())
         }

@@ -166,14 +166,14 @@ pub fn batch(examples: &[&Example], pad: i64, device: Device) -> Batch {
 /// Mean cross-entropy of `logits` against the batch targets (ignoring masked targets).
 pub fn loss(logits: &Tensor, target: &Tensor) -> Tensor {
     let c = *logits.size().last().expect("logits have a class dimension");
-    logits.view([-1, c]).cross_entropy_loss::<Tensor>(&target.view([-1]), None, tch::Reduction::Mean, IGNORE, 0.0)
+    logits.reshape([-1, c]).cross_entropy_loss::<Tensor>(&target.reshape([-1]), None, tch::Reduction::Mean, IGNORE, 0.0)
 }
 
 /// (summed loss, correct predictions, counted targets) for evaluation.
 pub fn loss_sum_and_correct(logits: &Tensor, target: &Tensor) -> Result<(f64, i64, i64)> {
     let c = *logits.size().last().expect("logits have a class dimension");
-    let logits = logits.view([-1, c]);
-    let target = target.view([-1]);
+    let logits = logits.reshape([-1, c]);
+    let target = target.reshape([-1]);
     let sum = logits.f_cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Sum, IGNORE, 0.0)?;
     let valid = target.ne(IGNORE);
     let correct = logits.argmax(-1, false).eq_tensor(&target).logical_and(&valid).sum(Kind::Int64);

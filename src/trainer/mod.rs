@@ -33,6 +33,7 @@
 //! libtorch's random generator and thread pool are process-wide, so every training run holds
 //! [`TorchSession`] (a process-wide lock that also sets the seed and thread count).
 
+pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod init;

@@ -99,6 +99,46 @@ pub fn schedule(n: usize, cfg: &TrainConfig) -> Vec<Vec<usize>> {
     out
 }
 
+/// One optimizer's worth of state: steps taken, AdamW moments, the schedule's configuration.
+pub struct Stepper {
+    opt: AdamW,
+    cfg: TrainConfig,
+    step: u32,
+}
+
+impl Stepper {
+    /// A stepper over `params` (each requiring gradients).
+    pub fn new(params: Vec<tch::Tensor>, cfg: &TrainConfig) -> Self {
+        Stepper { opt: AdamW::new(params, cfg.adamw), cfg: cfg.clone(), step: 0 }
+    }
+
+    /// One optimizer step over `micro` batches (gradients accumulated, averaged, clipped); returns
+    /// the mean loss and the learning rate used.
+    pub fn step(&mut self, base: &Base, lora: Option<&LoraSet>, micro: &[data::Batch]) -> Result<(f64, f64)> {
+        self.opt.zero_grad();
+        let n = micro.len().max(1) as f64;
+        let mut step_loss = 0.0;
+        for b in micro {
+            let logits = base.forward(&b.input, lora, true);
+            let loss = data::loss(&logits, &b.target);
+            (&loss / n).f_backward()?;
+            step_loss += f64::try_from(&loss)? / n;
+        }
+        if self.cfg.clip_norm > 0.0 {
+            self.opt.clip_grad_norm(self.cfg.clip_norm)?;
+        }
+        let lr = warmup_lr(self.cfg.learning_rate, self.step, self.cfg.warmup_steps);
+        self.opt.step(lr)?;
+        self.step += 1;
+        Ok((step_loss, lr))
+    }
+
+    /// Drops gradients (call when done).
+    pub fn finish(mut self) {
+        self.opt.zero_grad();
+    }
+}
+
 /// Trains `params` (the adapter's A/B, or every base tensor when pretraining) on `examples`.
 /// The caller holds a [`super::TorchSession`] for reproducibility.
 pub fn run(
@@ -114,44 +154,33 @@ pub fn run(
     }
     let device = base.device();
     let pad = data::pad_id(base);
-    let mut opt = AdamW::new(params, cfg.adamw);
+    let mut stepper = Stepper::new(params, cfg);
     let start = Instant::now();
     let mut out = TrainOutcome::default();
     let mut seen = vec![false; examples.len()];
-    let accum = cfg.grad_accum.max(1);
     for (s, idx) in schedule(examples.len(), cfg).into_iter().enumerate() {
         for &i in &idx {
             if !std::mem::replace(&mut seen[i], true) {
                 out.order.push(i);
             }
         }
-        opt.zero_grad();
-        let mut step_loss = 0.0;
-        for micro in idx.chunks(cfg.batch) {
-            let refs: Vec<&Example> = micro.iter().map(|&i| &examples[i]).collect();
-            let b = data::batch(&refs, pad, device);
-            let logits = base.forward(&b.input, lora, true);
-            let loss = data::loss(&logits, &b.target);
-            (&loss / accum as f64).f_backward()?;
-            step_loss += f64::try_from(&loss)? / accum as f64;
-            out.tokens += b.tokens as u64;
-        }
-        if cfg.clip_norm > 0.0 {
-            opt.clip_grad_norm(cfg.clip_norm)?;
-        }
-        let lr = warmup_lr(cfg.learning_rate, s as u32, cfg.warmup_steps);
-        opt.step(lr)?;
-        out.losses.push(step_loss);
+        let micro: Vec<data::Batch> = idx
+            .chunks(cfg.batch)
+            .map(|c| data::batch(&c.iter().map(|&i| &examples[i]).collect::<Vec<_>>(), pad, device))
+            .collect();
+        out.tokens += micro.iter().map(|b| b.tokens as u64).sum::<u64>();
+        let (loss, lr) = stepper.step(base, lora, &micro)?;
+        out.losses.push(loss);
         on_step(&StepReport {
             step: s as u32 + 1,
             steps: cfg.steps,
-            loss: step_loss,
+            loss,
             learning_rate: lr,
             tokens: out.tokens,
             elapsed: start.elapsed(),
         });
     }
-    opt.zero_grad();
+    stepper.finish();
     out.elapsed = start.elapsed();
     Ok(out)
 }
