@@ -94,23 +94,3 @@ fuzz: setup
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; done
-
-# LoRA training throughput: the project vs Python PyTorch + PEFT on the same base, adapter init,
-# data and threads (llama tiny: 4 layers, d=256, seq 256, batch 8, rank 8 on q,k,v,o).
-BENCH_TRAIN_STEPS ?= 20
-BENCH_TRAIN_THREADS ?= $(shell nproc)
-BENCH_TRAIN_DEVICE ?= cpu
-BENCH_TRAIN_DIR ?= $(or $(CARGO_TARGET_DIR),target)/bench-train
-bench-train: release
-	$(BIN) model bench-train --out $(BENCH_TRAIN_DIR) --steps $(BENCH_TRAIN_STEPS) \
-		--threads $(BENCH_TRAIN_THREADS) --device $(BENCH_TRAIN_DEVICE)
-	$(DATANET_PYTHON) benches/train_peft.py $(BENCH_TRAIN_DIR)
-
-# Each fuzz target runs FUZZ_SECONDS (default 300). cargo-fuzz is installed on first use; the
-# stable toolchain is used with RUSTC_BOOTSTRAP for the sanitizer flags.
-FUZZ_SECONDS ?= 300
-FUZZ_TARGETS := decode_envelopes decode_manifest decode_epoch decode_certificates decode_proofs admit_records
-fuzz: setup
-	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in $(FUZZ_TARGETS); do \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; done
