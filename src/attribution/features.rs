@@ -99,6 +99,11 @@ impl Featurizer {
                     .iter()
                     .zip(&self.stats)
                     .map(|(&x, &(mean, sd))| {
+                        if sd == 0 {
+                            // Constant on the evaluation set: it cannot tell evaluation points apart,
+                            // so it must not make contributed records look far from all of them.
+                            return 0;
+                        }
                         let z = ((x as i128 - mean as i128) * ONE as i128).div_euclid(sd as i128);
                         z.clamp(-(Z_CLIP * ONE) as i128, (Z_CLIP * ONE) as i128) as i32
                     })
@@ -193,16 +198,16 @@ pub fn parse_fixed(text: &str) -> Option<i64> {
     Some(v.clamp(-LIMIT, LIMIT) as i64)
 }
 
-/// Integer mean and deviation of a column (deviation at least 2^-16·1, never zero).
+/// Integer mean and deviation of a column; deviation 0 marks a constant column.
 fn column_stats(xs: impl Iterator<Item = i64> + Clone) -> (i64, i64) {
     let n = xs.clone().count() as i128;
     if n == 0 {
-        return (0, ONE);
+        return (0, 0);
     }
     let mean = xs.clone().map(|x| x as i128).sum::<i128>().div_euclid(n);
     let var = xs.map(|x| (x as i128 - mean).pow(2)).sum::<i128>() / n;
     let sd = isqrt(var as u128) as i64;
-    (mean as i64, sd.max(1))
+    (mean as i64, sd)
 }
 
 /// Floor of the square root of `n`, exact.
@@ -281,7 +286,9 @@ mod tests {
         let refs = vec![json!({"features": [0, 10], "label": 0}), json!({"features": [2, 10], "label": 1})];
         let f = Featurizer::new(&kind, &refs).unwrap();
         let e = f.embed(&json!({"features": [2, 10], "label": 1})).unwrap();
+        // Feature 1 is constant on the reference set, so it carries no distance.
         assert_eq!(e.features, vec![65536, 0]);
+        assert_eq!(f.embed(&json!({"features": [0, 99], "label": 0})).unwrap().features, vec![-65536, 0]);
         assert_eq!(e.label, 1);
         let bad = f.embed(&json!({"features": [2, 10], "label": 2}));
         assert_eq!(bad, Err(FeatureError::LabelOutOfRange { label: 2, classes: 2 }));

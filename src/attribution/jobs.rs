@@ -16,6 +16,18 @@ pub fn coalition(epoch_seed: [u8; 32], unit_count: u32, job: u32) -> Vec<bool> {
     (0..unit_count as usize).map(|i| bytes[i / 8] >> (i % 8) & 1 == 1).collect()
 }
 
+/// The training seed every job of an epoch uses: BLAKE3(epoch seed ‖ recipe seed) truncated.
+///
+/// One seed for all jobs (common random numbers): two coalitions then differ only in their data,
+/// not in their initialization and batch order, which removes most of the noise from the
+/// differences MSR-Banzhaf averages.
+pub fn training_seed(epoch_seed: [u8; 32], recipe_seed: u64) -> u64 {
+    let mut h = blake3::Hasher::new_derive_key("datanet/attribution/training-seed/v1");
+    h.update(&epoch_seed);
+    h.update(&recipe_seed.to_le_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
 /// All `job_count` coalitions of an epoch over `unit_count` units.
 pub fn coalitions(epoch_seed: [u8; 32], unit_count: u32, job_count: u32) -> Vec<Vec<bool>> {
     (0..job_count).map(|j| coalition(epoch_seed, unit_count, j)).collect()

@@ -16,9 +16,12 @@
 //!    shares count the canonical records each contributor supplied first; [`jobs`] draws the
 //!    coalitions from the epoch seed. The result is an [`EpochPlan`].
 //! 3. Someone measures each job: [`EpochPlan::job_records`] names the records a job trains on (at
-//!    most `records_per_unit_max` per unit), the trainer returns u(S) in micro-units. Several peers'
+//!    most `records_per_unit_max` per unit), every job trains with the same seed
+//!    ([`jobs::training_seed`], common random numbers), the trainer returns u(S) in micro-units. Several peers'
 //!    reports become one utility per job with [`reports::median_table`].
-//! 4. [`score`] / [`score_table`]: MSR-Banzhaf value per unit, credit = Σ max(0, φ) × share with each
+//! 4. [`score`] / [`score_table`]: MSR-Banzhaf value per unit and its standard error; credit =
+//!    Σ max(0, φ − z·SE) × share (z = `noise_floor_milli`/1000: only value above the measurement
+//!    noise is paid, so hundreds of redundant units cannot sum their noise into a payout) with each
 //!    unit's part capped, rewards = largest-remainder split of the pool (ties by key). The
 //!    [`CreditLeaf`]s are canonical and sorted by key; [`credit_root`] is what the committee signs.
 //!
@@ -45,6 +48,8 @@ pub use jobs::coalitions;
 pub use reports::{MedianTable, Report, median_table};
 
 const TRAIN_ORDER_CONTEXT: &str = "datanet/attribution/train-order/v1";
+/// Weight of a one-hot label dimension in unit formation: 16 in fixed point, twice the feature clip.
+const LABEL_WEIGHT: i32 = 16 << features::FRAC_BITS;
 
 /// One admitted record of the epoch's frozen input set, as attribution sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +88,10 @@ pub struct EpochParams {
     pub pool: u64,
     /// Largest part of the total positive value one unit may count for, in ppm.
     pub unit_cap_ppm: u32,
+    /// Standard errors (×1000) subtracted from each unit's φ before it earns credit: a unit is paid
+    /// for value that stands above the measurement noise, so many noisy units of redundant volume
+    /// cannot add up to a payout. 0 gives the plain max(0, φ).
+    pub noise_floor_milli: u32,
 }
 
 impl EpochParams {
@@ -110,6 +119,7 @@ impl EpochParams {
             records_per_unit_max: 64,
             pool: 1_000_000,
             unit_cap_ppm: 500_000,
+            noise_floor_milli: 3000,
         }
     }
 
@@ -136,6 +146,9 @@ impl EpochParams {
         }
         if self.screen_tail_max_ppm > 1_000_000 || self.unit_cap_ppm == 0 || self.unit_cap_ppm > 1_000_000 {
             return bad("unit_cap_ppm", "ppm values must be in 1..=1000000");
+        }
+        if self.noise_floor_milli > 10_000 {
+            return bad("noise_floor_milli", "must be at most 10000 (10 standard errors)");
         }
         if self.records_per_unit_max == 0 {
             return bad("records_per_unit_max", "must be at least 1");
@@ -265,7 +278,20 @@ pub fn plan(
         count_max: params.unit_count_max,
         iterations: params.kmeans_iterations,
     };
-    let points: Vec<(RecordHash, &[i32])> = kept.iter().map(|r| (r.hash, r.embedding.features.as_slice())).collect();
+    // A record's content is its features and its label: one-hot label dimensions far wider than the
+    // clipped feature range keep records of different classes in different units.
+    let classes = kept.iter().map(|r| r.embedding.label as usize + 1).max().unwrap_or(1);
+    let augmented: Vec<Vec<i32>> = kept
+        .iter()
+        .map(|r| {
+            let mut v = r.embedding.features.clone();
+            if classes > 1 {
+                v.extend((0..classes).map(|c| if c == r.embedding.label as usize { LABEL_WEIGHT } else { 0 }));
+            }
+            v
+        })
+        .collect();
+    let points: Vec<(RecordHash, &[i32])> = kept.iter().zip(&augmented).map(|(r, v)| (r.hash, v.as_slice())).collect();
     let groups = units::form_units(epoch_seed, &points, &shape);
     let order_key = |h: &RecordHash| {
         let mut x = blake3::Hasher::new_derive_key(TRAIN_ORDER_CONTEXT);
@@ -329,7 +355,7 @@ pub fn plan(
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CreditLeaf {
     pub contributor: PeerKey,
-    /// Σ over units of capped max(0, φ) × share, in micro-utility.
+    /// Σ over units of capped max(0, φ − noise floor) × share, in micro-utility.
     pub credit: u64,
     /// Credit units of the pool paid to it.
     pub reward: u64,
@@ -345,6 +371,8 @@ impl Canonical for CreditLeaf {
 pub struct Scores {
     /// MSR-Banzhaf φ per unit, micro-utility.
     pub unit_values: Vec<i64>,
+    /// Standard error of each φ, micro-utility.
+    pub unit_errors: Vec<i64>,
     /// One leaf per contributor of the input set, sorted by key.
     pub leaves: Vec<CreditLeaf>,
     /// Pool not paid out (unit caps, or no positive value at all); stays in the pool.
@@ -370,7 +398,9 @@ pub fn score(plan: &EpochPlan, utilities: &[i64]) -> Result<Scores, ScoreError> 
         return Err(ScoreError::ExtraJobs { got: utilities.len(), jobs });
     }
     let unit_values = value::msr_banzhaf(&plan.coalitions, utilities, plan.units.len());
-    let (capped, total) = value::capped_values(&unit_values, plan.params.unit_cap_ppm);
+    let unit_errors = value::msr_standard_errors(&plan.coalitions, utilities, plan.units.len());
+    let credited = value::above_noise(&unit_values, &unit_errors, plan.params.noise_floor_milli);
+    let (capped, total) = value::capped_values(&credited, plan.params.unit_cap_ppm);
     let mut credit: std::collections::BTreeMap<PeerKey, u128> =
         plan.contributors.iter().map(|c| (c.contributor, 0u128)).collect();
     // Exact rational weights for the split: Σ_u capped_u · n_cu · (L / n_u) would need a common
@@ -391,7 +421,7 @@ pub fn score(plan: &EpochPlan, utilities: &[i64]) -> Result<Scores, ScoreError> 
         .zip(&rewards)
         .map(|((k, w), &reward)| CreditLeaf { contributor: *k, credit: (w >> 32).min(u64::MAX as u128) as u64, reward })
         .collect();
-    Ok(Scores { unit_values, leaves, retained: plan.params.pool - paid_out })
+    Ok(Scores { unit_values, unit_errors, leaves, retained: plan.params.pool - paid_out })
 }
 
 /// Scores a plan from a median table; a job without an agreed utility is an error naming it.

@@ -1,8 +1,9 @@
 //! Content units: the players attribution values, formed from content alone.
 //!
-//! Seeded k-means over fixed-point features with a fixed iteration count, all in integers: initial
-//! centroids are the first `U` records in BLAKE3(seed ‖ record hash) order, assignment ties go to the
-//! lower centroid, centroids are floored means. Then sizes are brought toward the target band:
+//! Seeded k-means over fixed-point features with a fixed iteration count, all in integers: the first
+//! centroid is the first record in BLAKE3(seed ‖ record hash) order, the others are drawn k-means++
+//! style (integer D² weights, BLAKE3(seed ‖ i) draws), assignment ties go to the lower centroid,
+//! centroids are floored means. Then sizes are brought toward the target band:
 //! oversized clusters are cut along their widest dimension, undersized ones are merged into the
 //! nearest centroid. Units come out sorted by their smallest record hash. Identities never enter, so
 //! splitting one contributor into many cannot change a unit.
@@ -42,7 +43,35 @@ pub fn form_units(seed: [u8; 32], points: &[(RecordHash, &[i32])], shape: &UnitS
         })
         .collect();
     order.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let mut centroids: Vec<Vec<i32>> = order.iter().take(k).map(|&(_, i)| points[i].1.to_vec()).collect();
+    // k-means++ seeding with integer D² weights and BLAKE3-derived draws: rare but distinct content
+    // (a small curated slice among a flood of volume) gets centroids of its own.
+    let first = order[0].1;
+    let mut centroids: Vec<Vec<i32>> = vec![points[first].1.to_vec()];
+    let mut d2: Vec<u128> = points.iter().map(|(_, p)| distance2(p, points[first].1) as u128).collect();
+    while centroids.len() < k {
+        let total: u128 = d2.iter().sum();
+        if total == 0 {
+            break;
+        }
+        let mut x = blake3::Hasher::new_derive_key(INIT_CONTEXT);
+        x.update(&seed);
+        x.update(&(centroids.len() as u64).to_le_bytes());
+        let r = u128::from_le_bytes(x.finalize().as_bytes()[..16].try_into().expect("16 bytes")) % total;
+        let (mut acc, mut pick) = (0u128, n - 1);
+        for (i, &w) in d2.iter().enumerate() {
+            acc += w;
+            if acc > r {
+                pick = i;
+                break;
+            }
+        }
+        let c = points[pick].1.to_vec();
+        for (w, (_, p)) in d2.iter_mut().zip(points) {
+            *w = (*w).min(distance2(p, &c) as u128);
+        }
+        centroids.push(c);
+    }
+    let k = centroids.len();
     let mut assign = vec![0usize; n];
     for _ in 0..shape.iterations.max(1) {
         for (i, (_, p)) in points.iter().enumerate() {

@@ -32,6 +32,44 @@ pub fn msr_banzhaf(coalitions: &[Vec<bool>], utilities: &[i64], unit_count: usiz
         .collect()
 }
 
+/// Standard error of each unit's φ in the same units (integer square root of
+/// var_in/n_in + var_out/n_out, sample variances floored); 0 where a side has fewer than 2 jobs.
+pub fn msr_standard_errors(coalitions: &[Vec<bool>], utilities: &[i64], unit_count: usize) -> Vec<i64> {
+    let total: i128 = utilities.iter().map(|&u| u as i128).sum();
+    let total2: i128 = utilities.iter().map(|&u| (u as i128).pow(2)).sum();
+    let (mut s, mut s2, mut n) = (vec![0i128; unit_count], vec![0i128; unit_count], vec![0i128; unit_count]);
+    for (c, &u) in coalitions.iter().zip(utilities) {
+        for (i, _) in c.iter().enumerate().filter(|(_, b)| **b) {
+            s[i] += u as i128;
+            s2[i] += (u as i128).pow(2);
+            n[i] += 1;
+        }
+    }
+    let jobs = utilities.len() as i128;
+    let var_of_mean = |sum: i128, sum2: i128, k: i128| -> i128 {
+        if k < 2 {
+            return 0;
+        }
+        // (Σu² − (Σu)²/k) / (k − 1), then / k for the mean.
+        ((sum2 - sum * sum / k).max(0) / (k - 1)) / k
+    };
+    (0..unit_count)
+        .map(|i| {
+            let v = var_of_mean(s[i], s2[i], n[i]) + var_of_mean(total - s[i], total2 - s2[i], jobs - n[i]);
+            super::features::isqrt(v.max(0) as u128).min(i64::MAX as u128) as i64
+        })
+        .collect()
+}
+
+/// φ lowered by `z_milli`/1000 standard errors: the part of a unit's value that is not noise.
+pub fn above_noise(values: &[i64], errors: &[i64], z_milli: u32) -> Vec<i64> {
+    values
+        .iter()
+        .zip(errors)
+        .map(|(&v, &e)| (v as i128 - e as i128 * z_milli as i128 / 1000).clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+        .collect()
+}
+
 /// Each unit's value counted toward credit: max(0, φ), capped at `unit_cap_ppm` of the total
 /// positive value. What a cap removes is not redistributed (it stays in the pool), so a cap never
 /// hands money to noise.
@@ -123,6 +161,18 @@ mod tests {
     fn largest_remainder_ties_by_key() {
         let w = vec![(PeerKey([2; 32]), 1), (PeerKey([1; 32]), 1), (PeerKey([3; 32]), 1)];
         assert_eq!(largest_remainder(10, &w), vec![3, 4, 3]);
+    }
+
+    // A unit whose presence never matters has zero error; a noisy one a positive error.
+    #[test]
+    fn standard_errors() {
+        let coalitions = vec![vec![true, true], vec![true, false], vec![false, true], vec![false, false]];
+        let exact: Vec<i64> = coalitions.iter().map(|c| if c[0] { 100 } else { 0 }).collect();
+        assert_eq!(msr_standard_errors(&coalitions, &exact, 2)[0], 0);
+        let noisy = vec![100, 140, 0, 40];
+        let e = msr_standard_errors(&coalitions, &noisy, 2);
+        assert!(e[0] > 0 && e[1] > 0, "{e:?}");
+        assert_eq!(above_noise(&[100, 5], &[10, 10], 2000), vec![80, -15]);
     }
 
     // Overflow-safe multiply-divide agrees with plain arithmetic where that fits.

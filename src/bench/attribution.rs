@@ -194,6 +194,9 @@ pub struct Scenario {
     pub unit_cap: f64,
     #[serde(default = "d_digits")]
     pub near_duplicate_digits: u32,
+    /// Standard errors subtracted from each unit's φ before credit (the product default is 3).
+    #[serde(default = "d_noise")]
+    pub noise_floor: f64,
     /// S3: total copies of the manipulator's data (×2 … ×10).
     #[serde(default)]
     pub copies: Vec<u32>,
@@ -279,6 +282,9 @@ fn d_base_steps() -> u32 {
 fn d_cap() -> f64 {
     0.5
 }
+fn d_noise() -> f64 {
+    3.0
+}
 fn d_digits() -> u32 {
     2
 }
@@ -331,6 +337,9 @@ impl Scenario {
         }
         if !(0.0..=1.0).contains(&self.flip_rate) || !(0.0..=1.0).contains(&self.overlap) || !(0.0..1.0).contains(&self.jitter) {
             return bad("flip_rate", "flip_rate and overlap must be in [0, 1], jitter in [0, 1)".into());
+        }
+        if !(0.0..=10.0).contains(&self.noise_floor) {
+            return bad("noise_floor", "must be between 0 and 10 standard errors".into());
         }
         if !(0.0..=1.0).contains(&self.unit_cap) || self.unit_cap == 0.0 {
             return bad("unit_cap", "must be in (0, 1]".into());
@@ -455,14 +464,29 @@ impl World {
             let mut redundant = Vec::with_capacity(s.redundant as usize);
             for j in 0..s.redundant as usize {
                 let (xs, l) = &rows[common[j % common.len()]];
-                // Resampled common-slice rows with light noise: new records, no new knowledge.
-                let noisy: Vec<f64> = xs.iter().map(|&x| ((x + rng.gen_range(-0.6..0.6)) * 10.0).round() / 10.0).collect();
+                // Resampled common-slice rows with four features nudged by one step of their own
+                // scale: new records (not near-duplicates), no new knowledge.
+                let mut noisy = xs.clone();
+                let live: Vec<usize> = (0..noisy.len()).filter(|&f| noisy[f] != 0.0).collect();
+                for _ in 0..4 {
+                    // Only features that are already non-zero: no value outside the data's support.
+                    let Some(&f) = live.get(rng.gen_range(0..live.len().max(1))) else { break };
+                    let step = if noisy[f] == noisy[f].round() { 1.0 } else { noisy[f].abs() * 0.05 };
+                    noisy[f] = (noisy[f] + if rng.gen_bool(0.5) { step } else { -step }).max(0.0);
+                }
                 redundant.push(tabular_value(&noisy, *l));
             }
             extra.push(curated);
             extra.push(redundant);
         } else {
             let per = s.records_per_contributor as usize;
+            let mut pool = pool.clone();
+            if s.scenario == "S1" {
+                // Contributors hold different regions of the data (sorted by the first feature), so
+                // content units differ in what they hold and flipped labels concentrate in some.
+                pool.truncate(per * s.contributors as usize);
+                pool.sort_by(|&a, &b| rows[a].0[0].total_cmp(&rows[b].0[0]));
+            }
             for c in 0..s.contributors as usize {
                 let mut slice: Vec<Value> = pool[c * per..(c + 1) * per].iter().copied().map(value).collect();
                 if s.flip_rate > 0.0 && s.scenario == "S1" {
@@ -524,6 +548,7 @@ impl World {
             unit_records_min: s.unit_records_min,
             unit_records_max: s.unit_records_max,
             unit_cap_ppm: (s.unit_cap * 1e6).round() as u32,
+            noise_floor_milli: (s.noise_floor * 1000.0).round() as u32,
             ..EpochParams::from_manifest(&manifest, jobs)
         };
         let epoch_seed = *blake3::hash(format!("datanet-bench/{}/{seed}", s.scenario).as_bytes()).as_bytes();
@@ -681,7 +706,7 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
                     .filter(|(i, _)| mask >> i & 1 == 1)
                     .flat_map(|(_, unit)| unit.records.iter().take(cap).map(|h| by_hash[h].clone()))
                     .collect();
-                *slot = w.job.utility_seeded(&values, attribute::job_seed(w.recipe_seed, 1_000_000 + mask as u32))?;
+                *slot = w.job.utility_seeded(&values, crate::attribution::jobs::training_seed(w.epoch_seed, w.recipe_seed))?;
             }
             let exact: Vec<f64> = (0..m)
                 .map(|i| {
@@ -705,10 +730,26 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
             extra.push(("volume_reward".into(), out.reward("volume")));
             extra.push(("units".into(), out.measured.plan.units.len() as f64));
             extra.push(("admitted".into(), out.admitted as f64));
+            let curated_key = Identity::from_seed(*blake3::hash(b"datanet-bench/curated").as_bytes()).public_key();
+            let (plan, sc) = (&out.measured.plan, &out.measured.scores);
+            let (mut cu, mut cphi, mut vmax) = (0f64, 0f64, 0f64);
+            for (i, u) in plan.units.iter().enumerate() {
+                if u.shares.iter().any(|(k, _)| *k == curated_key) {
+                    cu += 1.0;
+                    cphi += sc.unit_values[i] as f64;
+                } else {
+                    vmax = vmax.max(sc.unit_values[i] as f64);
+                }
+            }
+            extra.push(("curated_units".into(), cu));
+            extra.push(("curated_phi".into(), cphi));
+            extra.push(("volume_max_phi".into(), vmax));
+            extra.push(("screened".into(), plan.screened.len() as f64));
             ratio(out.reward("curated"), out.reward("volume"))
         }
         "S3" => {
             let base = w.run(&honest).await?.reward("c0");
+            extra.push(("honest_reward".into(), base));
             let mut worst: f64 = 0.0;
             for &k in &s.copies {
                 let mut c = honest.clone();
@@ -724,6 +765,7 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
         }
         "S4" => {
             let base = w.run(&honest).await?.reward("c0");
+            extra.push(("honest_reward".into(), base));
             let mut c = honest.clone();
             let jit = s.jitter;
             for src in [0usize, 1] {
@@ -743,6 +785,7 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
         }
         "S5" => {
             let base = w.run(&honest).await?.reward("c0");
+            extra.push(("honest_reward".into(), base));
             let mut worst: f64 = 0.0;
             for &k in &s.sybil {
                 let mut c: Vec<(String, Vec<Value>)> = (0..k).map(|j| (format!("sybil{j}"), Vec::new())).collect();
@@ -777,6 +820,7 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
         }
         "S8" => {
             let base = w.run(&honest).await?.reward("c0");
+            extra.push(("honest_reward".into(), base));
             let mut c = honest.clone();
             let classes = match w.task {
                 TaskKind::Tabular { classes, .. } => classes,
@@ -1034,7 +1078,8 @@ mod tests {
                 s.redundant = s.redundant.min(3000);
             }
             s.validate(&dir.join(file), &data).unwrap();
-            let r = rt.block_on(run_scenario(&data, &s, 1, 24, false)).unwrap();
+            let jobs = if s.scenario == "S2" { 64 } else { 24 };
+            let r = rt.block_on(run_scenario(&data, &s, 1, jobs, false)).unwrap();
             assert!(r.pass, "{file}: {r:?}");
         }
     }

@@ -54,14 +54,6 @@ pub struct Measured {
     pub train_secs: f64,
 }
 
-/// The training seed of a job: BLAKE3(recipe seed ‖ job) truncated (the manifest's seed rule).
-pub fn job_seed(recipe_seed: u64, job: u32) -> u64 {
-    let mut h = blake3::Hasher::new();
-    h.update(&recipe_seed.to_le_bytes());
-    h.update(&job.to_le_bytes());
-    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
-}
-
 /// Attribution inputs from admitted records: fixed-point features against the evaluation set.
 pub fn input_records(task: &TaskKind, records: &[AdmittedRecord], eval: &[Value]) -> anyhow::Result<(Vec<InputRecord>, Vec<attribution::features::Embedding>)> {
     let featurizer = Featurizer::new(task, eval).map_err(|(i, e)| anyhow::anyhow!("evaluation record {}: {e}", i + 1))?;
@@ -99,9 +91,9 @@ pub fn measure(
     progress.set_length(plan.job_count() as u64);
     let mut utilities = Vec::with_capacity(plan.job_count() as usize);
     let (mut trained, t) = (0u32, Instant::now());
+    let seed = attribution::jobs::training_seed(epoch_seed, recipe_seed);
     for j in 0..plan.job_count() {
         let hashes = plan.job_records(j).expect("job in range");
-        let seed = job_seed(recipe_seed, j);
         let mut key = blake3::Hasher::new();
         key.update(&seed.to_le_bytes());
         for h in &hashes {
