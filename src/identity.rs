@@ -56,20 +56,18 @@ impl Identity {
 
     /// Creates `<datadir>/identity.key` with mode 0600; refuses an existing file.
     pub fn init(datadir: &Path) -> Result<Self, IdentityError> {
-        let io = |path: &Path| move |source| IdentityError::Io { path: path.to_path_buf(), source };
-        fs::create_dir_all(datadir).map_err(io(datadir))?;
+        fs::create_dir_all(datadir).map_err(|source| IdentityError::Io { path: datadir.to_path_buf(), source })?;
         let path = datadir.join(IDENTITY_FILE);
         let id = Self::generate();
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => IdentityError::Exists(path.clone()),
-                _ => IdentityError::Io { path: path.clone(), source: e },
-            })?;
-        f.write_all(&id.seed).and_then(|_| f.sync_all()).map_err(io(&path))?;
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(|e| match e
+            .kind()
+        {
+            std::io::ErrorKind::AlreadyExists => IdentityError::Exists(path.clone()),
+            _ => IdentityError::Io { path: path.clone(), source: e },
+        })?;
+        f.write_all(&id.seed)
+            .and_then(|_| f.sync_all())
+            .map_err(|source| IdentityError::Io { path: path.clone(), source })?;
         Ok(id)
     }
 
@@ -78,7 +76,9 @@ impl Identity {
         let path = datadir.join(IDENTITY_FILE);
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(IdentityError::Missing(datadir.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(IdentityError::Missing(datadir.to_path_buf()));
+            }
             Err(e) => return Err(IdentityError::Io { path, source: e }),
         };
         let mode = meta.permissions().mode() & 0o777;
@@ -86,7 +86,8 @@ impl Identity {
             return Err(IdentityError::LoosePermissions { path, mode });
         }
         let bytes = fs::read(&path).map_err(|e| IdentityError::Io { path: path.clone(), source: e })?;
-        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| IdentityError::BadLength { path, len: bytes.len() })?;
+        let seed: [u8; 32] =
+            bytes.as_slice().try_into().map_err(|_| IdentityError::BadLength { path, len: bytes.len() })?;
         Ok(Identity { seed })
     }
 

@@ -33,10 +33,7 @@ pub fn root(leaves: &[[u8; 32]]) -> MerkleRoot {
     }
     let mut level: Vec<[u8; 32]> = leaves.iter().map(leaf_hash).collect();
     while level.len() > 1 {
-        level = level
-            .chunks(2)
-            .map(|p| if p.len() == 2 { node_hash(&p[0], &p[1]) } else { p[0] })
-            .collect();
+        level = level.chunks(2).map(|p| if p.len() == 2 { node_hash(&p[0], &p[1]) } else { p[0] }).collect();
     }
     MerkleRoot(level[0])
 }
@@ -79,10 +76,7 @@ pub fn prove(leaves: &[[u8; 32]], index: usize) -> Option<Proof> {
         if sib < level.len() {
             siblings.push(level[sib]);
         }
-        level = level
-            .chunks(2)
-            .map(|p| if p.len() == 2 { node_hash(&p[0], &p[1]) } else { p[0] })
-            .collect();
+        level = level.chunks(2).map(|p| if p.len() == 2 { node_hash(&p[0], &p[1]) } else { p[0] }).collect();
         i /= 2;
     }
     Some(Proof { leaf: leaves[index], index: index as u64, leaf_count: leaves.len() as u64, siblings })
@@ -166,7 +160,8 @@ mod tests {
     #[test]
     fn leaf_and_node_domains_differ() {
         let l = leaves(2);
-        let fake = Proof { leaf: node_hash(&leaf_hash(&l[0]), &leaf_hash(&l[1])), index: 0, leaf_count: 1, siblings: vec![] };
+        let fake =
+            Proof { leaf: node_hash(&leaf_hash(&l[0]), &leaf_hash(&l[1])), index: 0, leaf_count: 1, siblings: vec![] };
         assert!(fake.verify(&root(&l)).is_err());
     }
 }
