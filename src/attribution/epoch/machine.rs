@@ -185,6 +185,8 @@ pub struct EpochMachine {
     offenders: BTreeMap<PeerKey, [u8; 32]>,
     next_rebroadcast: u64,
     catchup_due: bool,
+    /// A member still in the freeze phase spoke: re-send the freeze certificate and its items.
+    freeze_catchup_due: bool,
     seen: HashSet<[u8; 32]>,
 }
 
@@ -229,6 +231,7 @@ impl EpochMachine {
             offenders: BTreeMap::new(),
             next_rebroadcast: 0,
             catchup_due: false,
+            freeze_catchup_due: false,
             seen: HashSet::new(),
         }
     }
@@ -519,6 +522,14 @@ impl EpochMachine {
 
     fn handle(&mut self, now: u64, msg: EpochMessage) -> Vec<Action> {
         let mut out = Vec::new();
+        let freezing = match &msg {
+            EpochMessage::Vote(v) => v.header.phase == Phase::Freeze,
+            EpochMessage::NewView(n) => n.body.phase == Phase::Freeze,
+            _ => false,
+        };
+        if freezing && self.input.is_some() {
+            self.freeze_catchup_due = true;
+        }
         match msg {
             EpochMessage::Vote(v) => self.on_vote(now, v, &mut out),
             EpochMessage::Propose(p) => self.on_propose(now, *p, &mut out),
@@ -1198,7 +1209,7 @@ impl EpochMachine {
         for id in self.offenders.values() {
             msgs.push(EpochMessage::Evidence(Box::new(self.evidence[id].clone())));
         }
-        if let Some(c) = &self.input {
+        if let Some(c) = self.input.as_ref().filter(|_| std::mem::take(&mut self.freeze_catchup_due)) {
             msgs.push(EpochMessage::Certificate(c.clone()));
             // Laggards need the certified item list, not only its root.
             if let Some(p) = self.rounds[0].proposals.get(&c.header.view) {
