@@ -120,9 +120,16 @@ async fn gossip(peers: usize, rounds: usize) {
         })
         .await;
     }
-    // Let catch-up settle (the contributions above are discovered by every peer at join); only
-    // announcement acceptance is measured, which catch-up does not touch.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every peer first learns the prepared contributions by catch-up; wait until that load is
+    // over, so that what follows measures announcement acceptance alone.
+    for dmn in &all[1..] {
+        let m = dmn.handle().metrics().clone();
+        wait("catch-up", Duration::from_secs(300), async || {
+            m.contributions_replicated.load(Ordering::Relaxed) >= rounds as u64
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let others: Vec<_> = all[1..].iter().map(|x| x.handle().metrics().clone()).collect();
     let (mut p50, mut p95, mut p100) = (Vec::new(), Vec::new(), Vec::new());
     for (r, id) in ids.iter().enumerate() {
@@ -214,7 +221,7 @@ async fn replicate(mb: u64) {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,libp2p_gossipsub=error".into()))
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
