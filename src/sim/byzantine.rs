@@ -109,6 +109,11 @@ pub(crate) fn send(sim: &mut Sim, i: usize, s: Strategy, m: EpochMessage) {
                     let body = Commit { digest: *blake3::hash(&c.body.digest).as_bytes(), ..c.body.clone() };
                     Some(EpochMessage::Commit(Signed::sign(body, &key)))
                 }
+                EpochMessage::Propose(p) => {
+                    let mut body = p.body.clone();
+                    body.header.credit_root = MerkleRoot(*blake3::hash(&body.header.to_bytes()).as_bytes());
+                    Some(EpochMessage::Propose(Box::new(Signed::sign(body, &key))))
+                }
                 _ => None,
             };
             sim.send_bytes(i, codec::encode(&m), 0);

@@ -453,7 +453,15 @@ impl Sim {
     }
 
     /// Runs like [`Sim::run`] and also returns the honest members' attestations.
-    pub fn run_keep(mut self) -> (SimReport, BTreeMap<usize, Attestation>) {
+    pub fn run_keep(self) -> (SimReport, BTreeMap<usize, Attestation>) {
+        let (r, (a, _)) = self.run_keep_with(|_| Vec::new());
+        (r, a)
+    }
+
+    fn run_keep_with(
+        mut self,
+        inspect: impl FnOnce(&Sim) -> Vec<String>,
+    ) -> (SimReport, (BTreeMap<usize, Attestation>, Vec<String>)) {
         for i in 0..self.cfg.peers {
             self.start_node(i);
         }
@@ -518,7 +526,35 @@ impl Sim {
         self.report.honest_attested = self.obs.attestations.len();
         let violations = checks::check(&mut self);
         self.report.violations = violations;
-        (self.report, self.obs.attestations)
+        let lines = inspect(&self);
+        (self.report, (self.obs.attestations, lines))
+    }
+
+    /// Runs and returns one status line per member (debugging a failing seed).
+    pub fn run_debug(self) -> (SimReport, BTreeMap<usize, Attestation>, Vec<String>) {
+        let mut me = self;
+        let members = me.members.clone();
+        let strategies: Vec<Option<Strategy>> = me.nodes.iter().map(|n| n.strategy).collect();
+        me.cfg.timing = me.cfg.timing;
+        let (r, a, lines) = {
+            let (r, a) = me.run_keep_with(|sim| {
+                sim.nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        format!(
+                            "{i} {} {:?} {:?}\n   {:?}",
+                            members[i].short(),
+                            strategies[i],
+                            n.machine.as_ref().map(|m| m.status()),
+                            n.machine.as_ref().map(|m| m.debug_round(Phase::Score))
+                        )
+                    })
+                    .collect()
+            });
+            (r, a.0, a.1)
+        };
+        (r, a, lines)
     }
 
     /// Honest members' machines (index, machine).

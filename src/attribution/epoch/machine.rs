@@ -144,6 +144,8 @@ struct Round {
     deadline: Option<u64>,
     /// Leader-signed proposals by view (first one seen; signature and leader checked).
     proposals: BTreeMap<u32, Signed<Propose>>,
+    /// Other leader-signed proposals (an equivocating leader's second ones), by header hash.
+    alternates: BTreeMap<[u8; 32], Signed<Propose>>,
     /// Views whose proposal this member validated.
     valid: BTreeSet<u32>,
     votes: BTreeMap<(VoteKind, u32, [u8; 32]), BTreeMap<usize, Sig>>,
@@ -317,6 +319,26 @@ impl EpochMachine {
             evidence: self.evidence.len() as u32,
         }
     }
+    /// A one-line dump of a phase's agreement state, for debugging simulator seeds.
+    pub fn debug_round(&self, phase: Phase) -> String {
+        let r = &self.rounds[pidx(phase)];
+        let votes: Vec<String> =
+            r.votes.iter().map(|((k, v, h), s)| format!("{k:?}@{v}:{}={}", hex::encode(&h[..2]), s.len())).collect();
+        format!(
+            "view {} deadline {:?} proposals {:?} valid {:?} lock {:?} my {:?} votes [{}] nv {:?} plan {} leader_me {}",
+            r.view,
+            r.deadline,
+            r.proposals.iter().map(|(v, p)| (*v, hex::encode(&p.body.header.hash()[..2]))).collect::<Vec<_>>(),
+            r.valid,
+            r.lock.as_ref().map(|l| (l.prepared.header.view, hex::encode(&l.prepared.header.hash()[..2]))),
+            r.my_votes.keys().collect::<Vec<_>>(),
+            votes.join(" "),
+            r.new_views.iter().map(|(v, m)| (*v, m.len())).collect::<Vec<_>>(),
+            self.plan.is_some(),
+            self.me.map(|m| m == self.leader(r.view)).unwrap_or(false),
+        )
+    }
+
     /// Adds inputs this member now holds (acknowledged contributions).
     pub fn add_inputs(&mut self, items: impl IntoIterator<Item = ContributionId>) {
         self.held.extend(items);
@@ -525,6 +547,7 @@ impl EpochMachine {
         let freezing = match &msg {
             EpochMessage::Vote(v) => v.header.phase == Phase::Freeze,
             EpochMessage::NewView(n) => n.body.phase == Phase::Freeze,
+            EpochMessage::Certificate(c) => c.header.phase == Phase::Freeze,
             _ => false,
         };
         if freezing && self.input.is_some() {
@@ -671,7 +694,15 @@ impl EpochMachine {
             return;
         }
         let Some(cert) = self.rounds[0].cert.clone() else { return };
-        let Some(prop) = self.rounds[0].proposals.get(&cert.header.view) else { return };
+        let r = &self.rounds[0];
+        let Some(prop) = r
+            .proposals
+            .get(&cert.header.view)
+            .filter(|p| p.body.header == cert.header)
+            .or_else(|| r.alternates.get(&cert.header.hash()))
+        else {
+            return;
+        };
         let Payload::Freeze { items } = &prop.body.payload else { return };
         if prop.body.header != cert.header {
             return;
@@ -766,8 +797,16 @@ impl EpochMachine {
         let ph = pidx(h.phase);
         if let Some(prev) = self.rounds[ph].proposals.get(&view) {
             if prev.body != p.body {
-                let e = Evidence::new(Statement::Propose(Box::new(prev.clone())), Statement::Propose(Box::new(p)));
+                let e =
+                    Evidence::new(Statement::Propose(Box::new(prev.clone())), Statement::Propose(Box::new(p.clone())));
                 self.add_evidence(e, out);
+                // Keep it: a certificate may name it, and laggards need its items.
+                if self.rounds[ph].alternates.len() < 8 {
+                    self.rounds[ph].alternates.insert(h.hash(), p);
+                }
+                if h.phase == Phase::Freeze {
+                    self.try_freeze(now, out);
+                }
             }
             return;
         }
@@ -1212,9 +1251,15 @@ impl EpochMachine {
         if let Some(c) = self.input.as_ref().filter(|_| std::mem::take(&mut self.freeze_catchup_due)) {
             msgs.push(EpochMessage::Certificate(c.clone()));
             // Laggards need the certified item list, not only its root.
-            if let Some(p) = self.rounds[0].proposals.get(&c.header.view) {
+            let r = &self.rounds[0];
+            let certified = r.proposals.get(&c.header.view).filter(|p| p.body.header == c.header);
+            if let Some(p) = certified.or_else(|| r.alternates.get(&c.header.hash())) {
                 msgs.push(EpochMessage::Propose(Box::new(p.clone())));
             }
+        }
+        if let (None, Some(c)) = (&self.input, &self.rounds[0].cert) {
+            // Certified but the item list never arrived: asking is re-sending the certificate.
+            msgs.push(EpochMessage::Certificate(c.clone()));
         }
         for r in &self.rounds {
             if r.cert.is_some() {
