@@ -341,8 +341,9 @@ fn read_jsonl(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
         .collect()
 }
 
-/// The base folder for a manifest: `--base`, else `models/<hash>/`, else the generated preset.
-fn base_dir(g: &Global, m: &Manifest, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// The base folder for a manifest: `--base`, else `models/<hash>/`, else the generated preset
+/// (built once by [`init::generated_base`] and kept in `models/generated-…`).
+fn base_dir(g: &Global, m: &Manifest, explicit: Option<&Path>, evals: &[serde_json::Value]) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
@@ -355,14 +356,15 @@ fn base_dir(g: &Global, m: &Manifest, explicit: Option<&Path>) -> anyhow::Result
         }
         return Ok(dir);
     }
-    let family: Family = bm.family.parse().map_err(anyhow::Error::msg)?;
-    let (features, classes) = match m.task {
-        TaskKind::Tabular { features, classes } => (features, classes),
-        _ => (0, 0),
-    };
-    let dir = models.join(format!("generated-{}-{}-{}-{features}x{classes}", family.name(), bm.preset, bm.seed));
+    let dir = models.join(format!(
+        "generated-{}-{}-{}-{}",
+        bm.family,
+        bm.preset,
+        bm.seed,
+        &m.eval.public_hash.to_hex()[..16]
+    ));
     if !dir.join("config.json").exists() {
-        let base = init::random_base(family, &bm.preset, features.max(1), classes.max(2), bm.seed)?;
+        let base = init::generated_base(m, evals)?;
         init::save_base(&base, &dir, None)?;
     }
     Ok(dir)
@@ -436,7 +438,7 @@ async fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
         bail!(trainer::TrainError::EmptyTrainingSet);
     }
     let evals = eval_records(&store, &m).await?;
-    let bdir = base_dir(g, &m, a.base.as_deref())?;
+    let bdir = base_dir(g, &m, a.base.as_deref(), &evals)?;
     let base_hash = folder_hash(&bdir)?;
     let device = a.dev.resolve()?;
     let threads = a.dev.threads;
@@ -535,7 +537,7 @@ fn adapter_dir(g: &Global, key: &str) -> anyhow::Result<PathBuf> {
 fn read_lineage(dir: &Path) -> anyhow::Result<SignedLineage> {
     let p = dir.join("lineage.bin");
     let bytes = std::fs::read(&p).with_context(|| format!("{}: no lineage for this adapter", p.display()))?;
-    Ok(SignedLineage::decode_verified(&bytes).with_context(|| format!("{}", p.display()))?)
+    SignedLineage::decode_verified(&bytes).with_context(|| format!("{}", p.display()))
 }
 
 async fn eval_cmd(a: EvalArgs, g: &Global) -> anyhow::Result<()> {
@@ -554,7 +556,7 @@ async fn eval_cmd(a: EvalArgs, g: &Global) -> anyhow::Result<()> {
     };
     let evals = eval_records(&store, &m).await?;
     store.close().await?;
-    let bdir = base_dir(g, &m, a.base.as_deref())?;
+    let bdir = base_dir(g, &m, a.base.as_deref(), &evals)?;
     let device = a.dev.resolve()?;
     let threads = a.dev.threads;
     let json = g.json;

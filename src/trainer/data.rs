@@ -52,6 +52,9 @@ fn text_field<'a>(rec: &'a Value, index: usize, name: &str) -> Result<&'a str> {
 pub fn example(base: &Base, task: &TaskKind, rec: &Value, index: usize, seq_len: usize) -> Result<Example> {
     let rec_err = |reason: String| TrainError::Record { index, reason };
     match (task, base) {
+        (TaskKind::Text | TaskKind::Instruct, Base::Llama(_)) if seq_len == 0 => {
+            Err(TrainError::Recipe("sequence_length must be positive for text and instruct".into()))
+        }
         (TaskKind::Text | TaskKind::Instruct, Base::Llama(m)) => {
             let tok = &m.tokenizer;
             let enc = |s: &str| tok.encode(s).map_err(rec_err);

@@ -176,3 +176,33 @@ pub fn pretrain(
     base.set_trainable(false);
     out
 }
+
+/// The base a manifest names when `base_model.hash` is all zero: its `preset` generated from its
+/// `seed`. For the mlp, input standardization is set from the public evaluation records' features
+/// (public and deterministic, so every peer builds the same base; raw tabular features can differ
+/// by orders of magnitude).
+pub fn generated_base(m: &crate::manifest::Manifest, eval_records: &[Value]) -> Result<Base> {
+    let family: Family = m.base_model.family.parse().map_err(TrainError::Recipe)?;
+    let (features, classes) = match m.task {
+        TaskKind::Tabular { features, classes } => (features, classes),
+        _ => (0, 0),
+    };
+    let base = random_base(family, &m.base_model.preset, features, classes, m.base_model.seed)?;
+    if let Base::Mlp(mlp) = &base {
+        let rows: Vec<f32> = eval_records
+            .iter()
+            .filter_map(|r| r.get("features").and_then(Value::as_array))
+            .filter(|f| f.len() == features as usize)
+            .flat_map(|f| f.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect::<Vec<_>>())
+            .collect();
+        let n = rows.len() as i64 / i64::from(features.max(1));
+        if n >= 2 {
+            let x = Tensor::from_slice(&rows).view([n, i64::from(features)]);
+            tch::no_grad(|| {
+                mlp.mean.shallow_clone().copy_(&x.mean_dim(0, false, Kind::Float));
+                mlp.std.shallow_clone().copy_(&x.std_correction(0, 0, false).clamp_min(1e-6));
+            });
+        }
+    }
+    Ok(base)
+}

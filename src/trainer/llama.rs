@@ -328,6 +328,8 @@ impl Llama {
     }
 
     /// Logits `[B, T, vocab]` for token ids `[B, T]`; `train` enables LoRA dropout.
+    // `x = x + …` on purpose: `+=` would add in place into a tensor autograd saved for backward.
+    #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, tokens: &Tensor, lora: Option<&LoraSet>, train: bool) -> Tensor {
         let c = &self.config;
         let (b, t) = tokens.size2().expect("tokens must be [batch, time]");

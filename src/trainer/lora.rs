@@ -74,7 +74,8 @@ fn resolve_targets(base: &Base, targets: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for t in targets {
         if t == "all" || t == "all-linear" {
-            out.extend(known.iter().map(|s| s.to_string()));
+            // Like PEFT's `all-linear`, every linear layer except the output layer (the mlp head).
+            out.extend(known.iter().filter(|m| **m != "head").map(|s| s.to_string()));
         } else if known.contains(&t.as_str()) {
             out.push(t.clone());
         } else {

@@ -3,7 +3,8 @@
 //! linear head (`head`) giving class logits. Saved in the same layout as `llama`:
 //! `config.json` with `"model_type": "datanet_mlp"`, `features`, `classes`, `hidden_sizes`.
 //!
-//! Recipe target modules: `hidden` (every hidden layer), `head`, or `all`.
+//! Recipe target modules: `hidden` (every hidden layer), `head`, or `all` (= `hidden`: like PEFT's
+//! `all-linear`, the output layer is only wrapped when named).
 
 use super::lora::LoraSet;
 use super::model::{ConfigJson, Linear, LinearInfo};

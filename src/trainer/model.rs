@@ -163,6 +163,8 @@ impl ConfigJson {
 }
 
 /// A frozen base model.
+// One or two per process; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Base {
     Llama(Llama),
     Mlp(Mlp),

@@ -36,8 +36,8 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// The recipe's settings: warm-up over the first tenth of the steps, clipping at 1.0.
     pub fn from_recipe(r: &Recipe) -> Result<Self> {
-        if r.steps == 0 || r.batch == 0 || r.sequence_length == 0 {
-            return Err(TrainError::Recipe("steps, batch and sequence_length must be positive".into()));
+        if r.steps == 0 || r.batch == 0 {
+            return Err(TrainError::Recipe("steps and batch must be positive".into()));
         }
         Ok(TrainConfig {
             steps: r.steps,
