@@ -324,7 +324,7 @@ pub fn plan(
             .entry(r.contributor)
             .or_insert_with(|| ContributorSummary { contributor: r.contributor, ..Default::default() });
         s.records += 1;
-        if !(r.cluster == r.hash || !present(&r.cluster)) {
+        if r.cluster != r.hash && present(&r.cluster) {
             s.near_duplicates += 1;
         }
     }

@@ -66,7 +66,9 @@ pub fn above_noise(values: &[i64], errors: &[i64], z_milli: u32) -> Vec<i64> {
     values
         .iter()
         .zip(errors)
-        .map(|(&v, &e)| (v as i128 - e as i128 * z_milli as i128 / 1000).clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+        .map(|(&v, &e)| {
+            (v as i128 - e as i128 * z_milli as i128 / 1000).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+        })
         .collect()
 }
 

@@ -91,13 +91,18 @@ pub fn load_data(path: &Path) -> Result<Dataset, DataError> {
     } else {
         raw
     };
-    let text = String::from_utf8(bytes).map_err(|_| DataError::Line { path: shown.clone(), line: 1, reason: "not UTF-8".into() })?;
+    let text = String::from_utf8(bytes).map_err(|_| DataError::Line {
+        path: shown.clone(),
+        line: 1,
+        reason: "not UTF-8".into(),
+    })?;
     let line_err = |line: usize, reason: String| DataError::Line { path: shown.clone(), line, reason };
     if name.trim_end_matches(".gz").ends_with(".jsonl") {
         let mut rows = Vec::new();
         for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let v: Value = serde_json::from_str(l).map_err(|e| line_err(i + 1, format!("not JSON: {e}")))?;
-            let t = v.get("text").and_then(Value::as_str).ok_or_else(|| line_err(i + 1, "field `text` missing".into()))?;
+            let t =
+                v.get("text").and_then(Value::as_str).ok_or_else(|| line_err(i + 1, "field `text` missing".into()))?;
             rows.push(t.to_string());
         }
         if rows.is_empty() {
@@ -105,7 +110,8 @@ pub fn load_data(path: &Path) -> Result<Dataset, DataError> {
         }
         return Ok(Dataset::Text { rows });
     }
-    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l)).collect();
+    let lines: Vec<(usize, &str)> =
+        text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l)).collect();
     let Some(&(_, first)) = lines.first() else { return Err(DataError::Empty { path: shown }) };
     let fields = |l: &str| l.split(',').map(str::trim).map(String::from).collect::<Vec<_>>();
     let first_fields = fields(first);
@@ -116,7 +122,9 @@ pub fn load_data(path: &Path) -> Result<Dataset, DataError> {
         if first_fields.len() < 4 {
             return Err(line_err(1, "header must be `n_samples,n_features,class_name_0,class_name_1,…`".into()));
         }
-        let nf = first_fields[1].parse::<u32>().map_err(|_| line_err(1, format!("n_features `{}` is not a count", first_fields[1])))?;
+        let nf = first_fields[1]
+            .parse::<u32>()
+            .map_err(|_| line_err(1, format!("n_features `{}` is not a count", first_fields[1])))?;
         features = Some(nf);
         classes = Some((first_fields.len() - 2) as u32);
     }
@@ -137,7 +145,8 @@ pub fn load_data(path: &Path) -> Result<Dataset, DataError> {
             xs.push(v);
         }
         let label_text = &f[f.len() - 1];
-        let label: u32 = label_text.parse().map_err(|_| line_err(line, format!("label `{label_text}` is not a class index")))?;
+        let label: u32 =
+            label_text.parse().map_err(|_| line_err(line, format!("label `{label_text}` is not a class index")))?;
         if let Some(c) = classes {
             if label >= c {
                 return Err(line_err(line, format!("label {label} is outside the {c} classes of the header")));
@@ -310,15 +319,21 @@ impl Scenario {
     /// Reads and parses a scenario file (unknown keys are errors naming line and key).
     pub fn read(path: &Path) -> Result<Self, ScenarioError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: shown.clone(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: shown.clone(), source })?;
         toml::from_str(&text).map_err(|e| ScenarioError::Toml { path: shown, message: e.to_string() })
     }
 
     /// Checks the scenario against the data set, naming the key that cannot hold.
     pub fn validate(&self, path: &Path, data: &Dataset) -> Result<(), ScenarioError> {
-        let bad = |key: &'static str, reason: String| Err(ScenarioError::Key { path: path.display().to_string(), key, reason });
+        let bad = |key: &'static str, reason: String| {
+            Err(ScenarioError::Key { path: path.display().to_string(), key, reason })
+        };
         if !["S1", "S2", "S3", "S4", "S5", "S6", "S8", "S9", "S11"].contains(&self.scenario.as_str()) {
-            return bad("scenario", format!("unknown scenario `{}` (S1, S2, S3, S4, S5, S6, S8, S9, S11)", self.scenario));
+            return bad(
+                "scenario",
+                format!("unknown scenario `{}` (S1, S2, S3, S4, S5, S6, S8, S9, S11)", self.scenario),
+            );
         }
         if self.seeds == 0 || self.seeds > 100 {
             return bad("seeds", "must be between 1 and 100".into());
@@ -332,10 +347,15 @@ impl Scenario {
         if self.eval_records == 0 {
             return bad("eval_records", "must be at least 1".into());
         }
-        if !(self.unit_records_min..=self.unit_records_max).contains(&self.unit_records_target) || self.unit_records_min == 0 {
+        if !(self.unit_records_min..=self.unit_records_max).contains(&self.unit_records_target)
+            || self.unit_records_min == 0
+        {
             return bad("unit_records_target", "must lie between unit_records_min (≥ 1) and unit_records_max".into());
         }
-        if !(0.0..=1.0).contains(&self.flip_rate) || !(0.0..=1.0).contains(&self.overlap) || !(0.0..1.0).contains(&self.jitter) {
+        if !(0.0..=1.0).contains(&self.flip_rate)
+            || !(0.0..=1.0).contains(&self.overlap)
+            || !(0.0..1.0).contains(&self.jitter)
+        {
             return bad("flip_rate", "flip_rate and overlap must be in [0, 1], jitter in [0, 1)".into());
         }
         if !(0.0..=10.0).contains(&self.noise_floor) {
@@ -345,11 +365,15 @@ impl Scenario {
             return bad("unit_cap", "must be in (0, 1]".into());
         }
         let n = data.len() as u64;
-        let need = self.eval_records as u64 + self.base_records as u64 + self.contributors as u64 * self.records_per_contributor as u64;
+        let need = self.eval_records as u64
+            + self.base_records as u64
+            + self.contributors as u64 * self.records_per_contributor as u64;
         if self.scenario != "S2" && need > n {
             return bad(
                 "records_per_contributor",
-                format!("eval_records + base_records + contributors × records_per_contributor = {need} exceeds the {n} records of the data"),
+                format!(
+                    "eval_records + base_records + contributors × records_per_contributor = {need} exceeds the {n} records of the data"
+                ),
             );
         }
         match self.scenario.as_str() {
@@ -365,13 +389,18 @@ impl Scenario {
             }
             "S6" if self.flip_rate <= 0.0 => bad("flip_rate", "S6 needs a positive flip rate".into()),
             "S8" if self.outliers == 0 => bad("outliers", "S8 needs at least one crafted outlier".into()),
-            "S9" if self.overlap <= 0.0 || self.overlap >= 1.0 => bad("overlap", "S9 needs an overlap strictly between 0 and 1".into()),
+            "S9" if self.overlap <= 0.0 || self.overlap >= 1.0 => {
+                bad("overlap", "S9 needs an overlap strictly between 0 and 1".into())
+            }
             "S2" => {
                 let Dataset::Tabular { classes, rows, .. } = data else {
                     return bad("scenario", "S2 runs on tabular data (label last)".into());
                 };
                 if self.critical_classes.is_empty() || self.critical_classes.iter().any(|c| c >= classes) {
-                    return bad("critical_classes", format!("list classes below {classes} that form the critical slice"));
+                    return bad(
+                        "critical_classes",
+                        format!("list classes below {classes} that form the critical slice"),
+                    );
                 }
                 if self.critical_classes.len() as u32 >= *classes {
                     return bad("critical_classes", "the common slice needs at least one class".into());
@@ -382,7 +411,13 @@ impl Scenario {
                 let critical = rows.iter().filter(|r| self.critical_classes.contains(&r.1)).count() as u64;
                 let crit_eval = (self.eval_records as u64 * critical).div_ceil(n);
                 if self.curated == 0 || self.curated as u64 + crit_eval > critical {
-                    return bad("curated", format!("between 1 and {} (critical rows not used for evaluation)", critical.saturating_sub(crit_eval)));
+                    return bad(
+                        "curated",
+                        format!(
+                            "between 1 and {} (critical rows not used for evaluation)",
+                            critical.saturating_sub(crit_eval)
+                        ),
+                    );
                 }
                 if self.redundant == 0 {
                     return bad("redundant", "S2 needs redundant records".into());
@@ -432,15 +467,23 @@ fn tabular_value(xs: &[f64], label: u32) -> Value {
     json!({ "features": xs.iter().map(|&x| canonical::canonical_f64(x).unwrap_or(json!(0))).collect::<Vec<_>>(), "label": label })
 }
 
+/// `x` with four significant digits, like the source data (generated values stay short decimals).
+fn round_sig(x: f64) -> f64 {
+    format!("{x:.3e}").parse().unwrap_or(x)
+}
+
 fn record_parts(v: &Value) -> (Vec<f64>, u32) {
-    let xs = v["features"].as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0)).collect()).unwrap_or_default();
+    let xs =
+        v["features"].as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0)).collect()).unwrap_or_default();
     (xs, v["label"].as_u64().unwrap_or(0) as u32)
 }
 
 impl World {
     fn build(s: &Scenario, data: &Dataset, seed: u64, jobs: u32) -> anyhow::Result<World> {
         let Dataset::Tabular { features, classes, rows } = data else {
-            bail!("this runner measures tabular data with the mlp family; JSONL text data is parsed but its scenarios need a pretrained decoder base (not yet wired)");
+            bail!(
+                "this runner measures tabular data with the mlp family; JSONL text data is parsed but its scenarios need a pretrained decoder base (not yet wired)"
+            );
         };
         let (features, classes) = (*features, *classes);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -459,8 +502,10 @@ impl World {
         let mut slices = Vec::new();
         let mut extra = Vec::new();
         if s.scenario == "S2" {
-            let curated: Vec<Value> = pool.iter().copied().filter(|&i| critical(rows[i].1)).take(s.curated as usize).map(value).collect();
-            let common: Vec<usize> = pool.iter().copied().filter(|&i| !critical(rows[i].1) && !base_idx.contains(&i)).collect();
+            let curated: Vec<Value> =
+                pool.iter().copied().filter(|&i| critical(rows[i].1)).take(s.curated as usize).map(value).collect();
+            let common: Vec<usize> =
+                pool.iter().copied().filter(|&i| !critical(rows[i].1) && !base_idx.contains(&i)).collect();
             let mut redundant = Vec::with_capacity(s.redundant as usize);
             for j in 0..s.redundant as usize {
                 let (xs, l) = &rows[common[j % common.len()]];
@@ -542,7 +587,8 @@ impl World {
         if !base_records.is_empty() {
             init::pretrain(&base, &task, &base_records, &cfg, 1, &mut |_| {})?;
         }
-        let job = UtilityJob::new(base, &task, &manifest.recipe, &manifest.eval.slices, &eval, UtilityOptions::default())?;
+        let job =
+            UtilityJob::new(base, &task, &manifest.recipe, &manifest.eval.slices, &eval, UtilityOptions::default())?;
         let params = EpochParams {
             unit_records_target: s.unit_records_target,
             unit_records_min: s.unit_records_min,
@@ -584,7 +630,8 @@ impl World {
         std::fs::write(dir.join("m.toml"), &self.manifest_toml)?;
         let founder = Identity::from_seed(*blake3::hash(b"datanet-bench/founder").as_bytes());
         let store = Store::open(&dir.join("peer")).await?;
-        let (manifest, blobs) = ManifestFile::read(&dir.join("m.toml"))?.into_manifest(dir, founder.public_key(), &|_| Ok(()))?;
+        let (manifest, blobs) =
+            ManifestFile::read(&dir.join("m.toml"))?.into_manifest(dir, founder.public_key(), &|_| Ok(()))?;
         store.put_blob(blobs.public).await?;
         let id = store.put_manifest(&Signed::sign(manifest.clone(), &founder.signing_key())).await?;
         let mut names = BTreeMap::new();
@@ -619,7 +666,8 @@ impl World {
         )?;
         let mut rewards: BTreeMap<String, u64> = BTreeMap::new();
         for l in &m.scores.leaves {
-            *rewards.entry(names.get(&l.contributor).cloned().unwrap_or_else(|| l.contributor.short())).or_default() += l.reward;
+            *rewards.entry(names.get(&l.contributor).cloned().unwrap_or_else(|| l.contributor.short())).or_default() +=
+                l.reward;
         }
         let values = records.into_iter().map(|r| (r.hash, r.value)).collect::<BTreeMap<_, _>>();
         Ok(Outcome { rewards, measured: m, admitted: values.len(), values })
@@ -666,11 +714,7 @@ impl Outcome {
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
-    if b == 0.0 {
-        if a == 0.0 { 1.0 } else { f64::INFINITY }
-    } else {
-        a / b
-    }
+    if b == 0.0 { if a == 0.0 { 1.0 } else { f64::INFINITY } } else { a / b }
 }
 
 fn named(slices: &[Vec<Value>]) -> Vec<(String, Vec<Value>)> {
@@ -706,7 +750,9 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
                     .filter(|(i, _)| mask >> i & 1 == 1)
                     .flat_map(|(_, unit)| unit.records.iter().take(cap).map(|h| by_hash[h].clone()))
                     .collect();
-                *slot = w.job.utility_seeded(&values, crate::attribution::jobs::training_seed(w.epoch_seed, w.recipe_seed))?;
+                *slot = w
+                    .job
+                    .utility_seeded(&values, crate::attribution::jobs::training_seed(w.epoch_seed, w.recipe_seed))?;
             }
             let exact: Vec<f64> = (0..m)
                 .map(|i| {
@@ -724,7 +770,8 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
             spearman(&msr, &exact)
         }
         "S2" => {
-            let contributions = vec![("curated".to_string(), w.extra[0].clone()), ("volume".to_string(), w.extra[1].clone())];
+            let contributions =
+                vec![("curated".to_string(), w.extra[0].clone()), ("volume".to_string(), w.extra[1].clone())];
             let out = w.run(&contributions).await?;
             extra.push(("curated_reward".into(), out.reward("curated")));
             extra.push(("volume_reward".into(), out.reward("volume")));
@@ -745,7 +792,8 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
             extra.push(("curated_phi".into(), cphi));
             extra.push(("volume_max_phi".into(), vmax));
             extra.push(("screened".into(), plan.screened.len() as f64));
-            ratio(out.reward("curated"), out.reward("volume"))
+            // Capped so a volume contributor paid nothing still averages to a finite figure.
+            ratio(out.reward("curated"), out.reward("volume")).min(1000.0)
         }
         "S3" => {
             let base = w.run(&honest).await?.reward("c0");
@@ -773,14 +821,18 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
                     .iter()
                     .map(|v| {
                         let (xs, l) = record_parts(v);
-                        let ys: Vec<f64> = xs.iter().map(|&x| x * (1.0 + w.rng.gen_range(-jit..jit))).collect();
+                        let ys: Vec<f64> =
+                            xs.iter().map(|&x| round_sig(x * (1.0 + w.rng.gen_range(-jit..jit)))).collect();
                         tabular_value(&ys, l)
                     })
                     .collect();
                 c.push(("c0".into(), copies));
             }
             let out = w.run(&c).await?;
-            extra.push(("near_duplicates_caught".into(), out.measured.plan.contributors.iter().map(|x| x.near_duplicates as f64).sum()));
+            extra.push((
+                "near_duplicates_caught".into(),
+                out.measured.plan.contributors.iter().map(|x| x.near_duplicates as f64).sum(),
+            ));
             ratio(out.reward("c0"), base)
         }
         "S5" => {
@@ -828,7 +880,8 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
             };
             let crafted: Vec<Value> = (0..s.outliers)
                 .map(|_| {
-                    let xs: Vec<f64> = w.feature_scale.iter().map(|&m| (m.max(1.0)) * w.rng.gen_range(5.0..20.0)).collect();
+                    let xs: Vec<f64> =
+                        w.feature_scale.iter().map(|&m| round_sig(m.max(1.0) * w.rng.gen_range(5.0..20.0))).collect();
                     tabular_value(&xs, w.rng.gen_range(0..classes))
                 })
                 .collect();
@@ -869,17 +922,25 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
             extra.push(("jobs".into(), m.plan.job_count() as f64));
             extra.push(("units".into(), m.plan.units.len() as f64));
             extra.push(("seconds_per_job".into(), m.train_secs / m.trained.max(1) as f64));
-            extra.push(("records_per_job".into(), (0..m.plan.job_count()).map(|j| m.plan.job_records(j).map_or(0, |r| r.len())).sum::<usize>() as f64 / m.plan.job_count() as f64));
+            extra.push((
+                "records_per_job".into(),
+                (0..m.plan.job_count()).map(|j| m.plan.job_records(j).map_or(0, |r| r.len())).sum::<usize>() as f64
+                    / m.plan.job_count() as f64,
+            ));
             runs
         }
     };
     Ok(SeedResult { metric, extra })
 }
 
-
 /// AUROC of "low KNN-Shapley value" for flipped records, F1 of the screen (two-means low tail)
 /// and F1 of the plain KNN-Shapley rule (value < 0).
-async fn screen_quality(w: &mut World, contributions: &[(String, Vec<Value>)], all: &[Value], flipped: &[bool]) -> anyhow::Result<(f64, f64, f64)> {
+async fn screen_quality(
+    w: &mut World,
+    contributions: &[(String, Vec<Value>)],
+    all: &[Value],
+    flipped: &[bool],
+) -> anyhow::Result<(f64, f64, f64)> {
     let _ = contributions;
     let task = w.task.clone();
     // Canonical hash of every record, to match the plan's values back to the flip flags.
@@ -984,7 +1045,13 @@ pub struct BenchReport {
 }
 
 /// Runs a scenario over its seeds; `seeds`/`jobs` override the file.
-pub async fn run_scenario(data: &Dataset, s: &Scenario, seeds: u32, jobs: u32, verbose: bool) -> anyhow::Result<BenchReport> {
+pub async fn run_scenario(
+    data: &Dataset,
+    s: &Scenario,
+    seeds: u32,
+    jobs: u32,
+    verbose: bool,
+) -> anyhow::Result<BenchReport> {
     let (metric, default_target, higher) = s.default_target();
     let target = s.target.unwrap_or(default_target);
     let mut values = Vec::new();
@@ -995,7 +1062,14 @@ pub async fn run_scenario(data: &Dataset, s: &Scenario, seeds: u32, jobs: u32, v
         let r = run_seed(s, &mut w).await?;
         if verbose {
             let ex: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
-            println!("{:<4} seed {:<2} {metric} = {:.4}  {}  ({:.1} s)", s.scenario, seed + 1, r.metric, ex.join(" "), t.elapsed().as_secs_f64());
+            println!(
+                "{:<4} seed {:<2} {metric} = {:.4}  {}  ({:.1} s)",
+                s.scenario,
+                seed + 1,
+                r.metric,
+                ex.join(" "),
+                t.elapsed().as_secs_f64()
+            );
         }
         for (k, v) in r.extra {
             *extra_sum.entry(k).or_default() += v / seeds as f64;
@@ -1009,7 +1083,17 @@ pub async fn run_scenario(data: &Dataset, s: &Scenario, seeds: u32, jobs: u32, v
     if s.scenario == "S6" {
         pass &= extra_sum.get("pass_f1").copied().unwrap_or(0.0) >= 0.5;
     }
-    Ok(BenchReport { scenario: s.scenario.clone(), metric: metric.into(), values, mean, spread, target, higher_is_better: higher, pass, extra: extra_sum })
+    Ok(BenchReport {
+        scenario: s.scenario.clone(),
+        metric: metric.into(),
+        values,
+        mean,
+        spread,
+        target,
+        higher_is_better: higher,
+        pass,
+        extra: extra_sum,
+    })
 }
 
 /// `datanet bench attribution`.
@@ -1022,10 +1106,21 @@ pub async fn run(args: AttributionBenchArgs) -> anyhow::Result<()> {
     println!("{} on {} ({} records): {}", s.scenario, args.data.display(), data.len(), s.description);
     let r = run_scenario(&data, &s, seeds, jobs, true).await?;
     let extra: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
-    println!("{:<4} mean {} = {:.4} ± {:.4} over {} seeds  {}", r.scenario, r.metric, r.mean, r.spread, r.values.len(), extra.join(" "));
+    println!(
+        "{:<4} mean {} = {:.4} ± {:.4} over {} seeds  {}",
+        r.scenario,
+        r.metric,
+        r.mean,
+        r.spread,
+        r.values.len(),
+        extra.join(" ")
+    );
     println!("{}", serde_json::to_string(&r)?);
     let cmp = if r.higher_is_better { ">=" } else { "<=" };
-    println!("RESULT scenario={} metric={} value={:.4} target={cmp}{} pass={}", r.scenario, r.metric, r.mean, r.target, r.pass);
+    println!(
+        "RESULT scenario={} metric={} value={:.4} target={cmp}{} pass={}",
+        r.scenario, r.metric, r.mean, r.target, r.pass
+    );
     Ok(())
 }
 
@@ -1040,9 +1135,13 @@ mod tests {
     // Both shipped data layouts load; a label outside the header's classes names its line.
     #[test]
     fn loads_csv_and_refuses_bad_label() {
-        let Dataset::Tabular { features, classes, rows } = load_data(&data_path("breast_cancer.csv")).unwrap() else { panic!() };
+        let Dataset::Tabular { features, classes, rows } = load_data(&data_path("breast_cancer.csv")).unwrap() else {
+            panic!()
+        };
         assert_eq!((features, classes, rows.len()), (30, 2, 569));
-        let Dataset::Tabular { features, classes, rows } = load_data(&data_path("digits.csv.gz")).unwrap() else { panic!() };
+        let Dataset::Tabular { features, classes, rows } = load_data(&data_path("digits.csv.gz")).unwrap() else {
+            panic!()
+        };
         assert_eq!((features, classes, rows.len()), (64, 10, 1797));
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("bad.csv");
@@ -1071,7 +1170,11 @@ mod tests {
     fn reduced_bench_meets_targets() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testnet/bench");
-        for (file, data) in [("s3-duplication.toml", "breast_cancer.csv"), ("s5-sybil.toml", "breast_cancer.csv"), ("s2-curated-vs-volume.toml", "digits.csv.gz")] {
+        for (file, data) in [
+            ("s3-duplication.toml", "breast_cancer.csv"),
+            ("s5-sybil.toml", "breast_cancer.csv"),
+            ("s2-curated-vs-volume.toml", "digits.csv.gz"),
+        ] {
             let data = load_data(&data_path(data)).unwrap();
             let mut s = Scenario::read(&dir.join(file)).unwrap();
             if s.scenario == "S2" {

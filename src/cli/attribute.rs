@@ -55,13 +55,23 @@ pub struct Measured {
 }
 
 /// Attribution inputs from admitted records: fixed-point features against the evaluation set.
-pub fn input_records(task: &TaskKind, records: &[AdmittedRecord], eval: &[Value]) -> anyhow::Result<(Vec<InputRecord>, Vec<attribution::features::Embedding>)> {
-    let featurizer = Featurizer::new(task, eval).map_err(|(i, e)| anyhow::anyhow!("evaluation record {}: {e}", i + 1))?;
+pub fn input_records(
+    task: &TaskKind,
+    records: &[AdmittedRecord],
+    eval: &[Value],
+) -> anyhow::Result<(Vec<InputRecord>, Vec<attribution::features::Embedding>)> {
+    let featurizer =
+        Featurizer::new(task, eval).map_err(|(i, e)| anyhow::anyhow!("evaluation record {}: {e}", i + 1))?;
     let inputs = records
         .iter()
         .map(|r| {
             let embedding = featurizer.embed(&r.value).with_context(|| format!("record {}", r.hash.short()))?;
-            Ok(InputRecord { hash: r.hash, contributor: r.contributor, cluster: r.cluster.unwrap_or(r.hash), embedding })
+            Ok(InputRecord {
+                hash: r.hash,
+                contributor: r.contributor,
+                cluster: r.cluster.unwrap_or(r.hash),
+                embedding,
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let eval_emb = eval
@@ -176,14 +186,17 @@ pub async fn eval_values(store: &Store, m: &Manifest) -> anyhow::Result<Vec<Valu
 /// Parses 64 hex digits into a seed.
 pub fn parse_seed(s: &str) -> anyhow::Result<[u8; 32]> {
     let mut out = [0u8; 32];
-    hex::decode_to_slice(s.trim(), &mut out).map_err(|_| anyhow::anyhow!("--epoch-seed: expected 64 hex digits, got {s:?}"))?;
+    hex::decode_to_slice(s.trim(), &mut out)
+        .map_err(|_| anyhow::anyhow!("--epoch-seed: expected 64 hex digits, got {s:?}"))?;
     Ok(out)
 }
 
 /// Runs `datanet attribute`.
 pub async fn run(args: AttributeArgs, g: &Global) -> anyhow::Result<()> {
     let store = Store::open(&g.datadir()).await?;
-    let (id, m) = store.resolve_datanet(&args.datanet)?.with_context(|| format!("datanet `{}` is not known here", args.datanet))?;
+    let (id, m) = store
+        .resolve_datanet(&args.datanet)?
+        .with_context(|| format!("datanet `{}` is not known here", args.datanet))?;
     let seed = match &args.epoch_seed {
         Some(s) => parse_seed(s)?,
         None => {
@@ -198,10 +211,12 @@ pub async fn run(args: AttributeArgs, g: &Global) -> anyhow::Result<()> {
     let infos = store.contributions(&id)?;
     let dir = base_dir(&g.datadir(), &m, args.base.as_deref())?;
     let opts = UtilityOptions { threads: args.threads, ..UtilityOptions::default() };
-    let base = Base::load(&dir, opts.device.resolve()?).with_context(|| format!("loading the base from {}", dir.display()))?;
+    let base =
+        Base::load(&dir, opts.device.resolve()?).with_context(|| format!("loading the base from {}", dir.display()))?;
     let mut job = UtilityJob::new(base, &m.task, &m.recipe, &m.eval.slices, &eval, opts)?;
     let params = EpochParams::from_manifest(&m, args.jobs);
-    let progress = if g.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(args.jobs as u64) };
+    let progress =
+        if g.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(args.jobs as u64) };
     progress.set_style(
         indicatif::ProgressStyle::with_template("jobs {bar:40} {pos}/{len} {elapsed_precise} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -226,18 +241,22 @@ pub async fn run(args: AttributeArgs, g: &Global) -> anyhow::Result<()> {
     }
     let mut rows: BTreeMap<PeerKey, Row> = BTreeMap::new();
     for c in &infos {
-        let r = rows.entry(c.signed.body.contributor).or_insert_with(|| Row { contributor: c.signed.body.contributor.to_hex(), ..Row::default() });
+        let r = rows
+            .entry(c.signed.body.contributor)
+            .or_insert_with(|| Row { contributor: c.signed.body.contributor.to_hex(), ..Row::default() });
         r.records += c.meta.records as u64;
         r.new += c.meta.new_records as u64;
         r.duplicates += (c.meta.duplicates + c.meta.near_duplicates) as u64;
     }
     for s in &out.plan.contributors {
-        let r = rows.entry(s.contributor).or_insert_with(|| Row { contributor: s.contributor.to_hex(), ..Row::default() });
+        let r =
+            rows.entry(s.contributor).or_insert_with(|| Row { contributor: s.contributor.to_hex(), ..Row::default() });
         r.units = s.units;
         r.screened_out = s.screened_out;
     }
     for l in &out.scores.leaves {
-        let r = rows.entry(l.contributor).or_insert_with(|| Row { contributor: l.contributor.to_hex(), ..Row::default() });
+        let r =
+            rows.entry(l.contributor).or_insert_with(|| Row { contributor: l.contributor.to_hex(), ..Row::default() });
         r.credit = l.credit;
         r.reward = l.reward;
         r.value = values.get(&l.contributor).copied().unwrap_or(0);
