@@ -13,6 +13,17 @@ use std::path::{Path, PathBuf};
 /// Offline attestation commands.
 #[derive(Subcommand, Debug)]
 pub enum AttestationCmd {
+    /// Write an attested epoch from this peer's ledger to a file (canonical bytes), for `verify`.
+    /// Asks the running daemon when there is one, else reads the store.
+    Export {
+        /// Datanet id or name.
+        datanet: String,
+        /// The epoch (default: the last attested one).
+        #[arg(long)]
+        epoch: Option<u64>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check an attestation file against a pinned signed manifest (and its chain link with --prev).
     Verify {
         file: PathBuf,
@@ -66,9 +77,59 @@ pub fn verify_file(file: &Path, manifest: &Path, prev: Option<&Path>) -> anyhow:
     Ok(a)
 }
 
+/// An attestation's canonical bytes from the running daemon (API) or, without one, the store.
+async fn export(g: &Global, datanet: &str, epoch: Option<u64>) -> anyhow::Result<(u64, Vec<u8>)> {
+    let dir = g.datadir();
+    if let Some(c) = crate::api::ApiClient::from_datadir(&dir) {
+        if c.alive().await {
+            let mut path = format!("/api/v1/epoch/attestation?datanet={}", urlencode(datanet));
+            if let Some(e) = epoch {
+                path += &format!("&epoch={e}");
+            }
+            let v: serde_json::Value = c.get(&path).await?;
+            let e = v["epoch"].as_u64().context("daemon answer without epoch")?;
+            let bytes = hex::decode(v["hex"].as_str().unwrap_or_default()).context("daemon answer: bad hex")?;
+            return Ok((e, bytes));
+        }
+    }
+    let store =
+        crate::store::Store::open(&dir).await.with_context(|| format!("opening the store in {}", dir.display()))?;
+    let r = (|| {
+        let (id, _) = store.resolve_datanet(datanet)?.with_context(|| format!("no Datanet {datanet} here"))?;
+        let ledger = crate::store::ledger::Ledger::open(store.db());
+        let e = match epoch {
+            Some(e) => e,
+            None => ledger.head(&id)?.context("no attested epoch in this peer's ledger")?.epoch,
+        };
+        let a = ledger.attestation(&id, e)?.with_context(|| format!("no attestation of epoch {e} here"))?;
+        Ok((e, codec::encode(&a)))
+    })();
+    store.close().await?;
+    r
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Runs one attestation command.
 pub async fn run(cmd: AttestationCmd, g: &Global) -> anyhow::Result<()> {
     match cmd {
+        AttestationCmd::Export { datanet, epoch, out } => {
+            let (epoch, bytes) = export(g, &datanet, epoch).await?;
+            let a: Attestation = codec::decode(&bytes).context("the ledger returned an unreadable attestation")?;
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote the attestation of epoch {epoch} ({}) to {}", hex::encode(a.hash()), out.display());
+            Ok(())
+        }
         AttestationCmd::Verify { file, manifest, prev } => {
             let a = verify_file(&file, &manifest, prev.as_deref())?;
             let h = a.score.header;

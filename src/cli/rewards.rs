@@ -28,12 +28,18 @@ pub async fn run(args: RewardsArgs, g: &Global) -> anyhow::Result<()> {
             .iter()
             .map(|t| serde_json::json!({"contributor": t.contributor.to_hex(), "credit": t.credit.to_string(), "reward": t.reward.to_string(), "epochs": t.epochs}))
             .collect();
+        // The same rows with u64 numbers (saturating), for scripts: `contributors[].reward`.
+        let contributors: Vec<_> = totals
+            .iter()
+            .map(|t| serde_json::json!({"contributor": t.contributor.to_hex(), "credit": u64::try_from(t.credit).unwrap_or(u64::MAX), "reward": u64::try_from(t.reward).unwrap_or(u64::MAX), "epochs": t.epochs}))
+            .collect();
         let flagged: Vec<_> =
             standing.iter().map(|(k, n)| serde_json::json!({"reporter": k.to_hex(), "flagged": n})).collect();
         println!(
             "{}",
-            serde_json::json!({"datanet": id.to_hex(), "head_epoch": head.map(|h| h.epoch), "head_hash": head.map(|h| hex::encode(h.hash)), "totals": rows, "standing": flagged})
+            serde_json::json!({"datanet": id.to_hex(), "head_epoch": head.map(|h| h.epoch), "head_hash": head.map(|h| hex::encode(h.hash)), "totals": rows, "contributors": contributors, "standing": flagged})
         );
+        store.close().await?;
         return Ok(());
     }
     match head {

@@ -371,7 +371,9 @@ impl DaemonActor {
         let actions = r.machine.on_bytes(now, data);
         let rejected = actions.iter().any(|a| matches!(a, Action::Rejected { .. }));
         self.epoch_apply(d, actions).await;
-        if rejected { MessageAcceptance::Ignore } else { MessageAcceptance::Accept }
+        // The machine refuses only bad input for this epoch (signature, committee, assignment,
+        // size): the sender loses gossip score.
+        if rejected { MessageAcceptance::Reject } else { MessageAcceptance::Accept }
     }
 
     /// Timers and input refresh; called on the actor's tick.

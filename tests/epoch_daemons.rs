@@ -1,0 +1,197 @@
+//! Epoch agreement between real daemons: four in-process peers on 127.0.0.1 form the committee of
+//! a small tabular Datanet (mlp base), each contributes part of the breast-cancer training rows,
+//! one of them starts an epoch, and every peer must append the same attestation, which verifies
+//! offline against the signed manifest alone. Every awaited event has a timeout.
+
+use datanet::attribution::epoch::Attestation;
+use datanet::codec::{self, Signed};
+use datanet::config::Config;
+use datanet::daemon::{self, Daemon, DaemonHandle};
+use datanet::identity::Identity;
+use datanet::ids::DatanetId;
+use datanet::manifest::{ManifestFile, SignedManifest};
+use datanet::net::TopicKind;
+use datanet::store::Store;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+const PEERS: usize = 4;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The breast-cancer Datanet with the four peers as its committee, founded by peer 0; also
+/// returns the public evaluation file's bytes.
+fn manifest(founder: &Identity, committee: &[String]) -> (SignedManifest, Vec<u8>) {
+    let mut file = ManifestFile::read(&root().join("config/datanets/breast_cancer.toml")).unwrap();
+    file.committee.members = committee.to_vec();
+    let check = |s: &str| datanet::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
+    let (m, eval) = file.into_manifest(&root().join("config/datanets"), founder.public_key(), &check).unwrap();
+    (Signed::sign(m, &founder.signing_key()), eval.public)
+}
+
+/// Loopback, quick gossip, and epoch windows short enough for a test (few jobs).
+fn test_config(seeds: &[String]) -> Config {
+    let mut c = Config::default();
+    c.net.seeds = seeds.to_vec();
+    c.net.gossip_heartbeat_ms = 100;
+    c.net.reconnect_backoff_min_ms = 100;
+    c.net.reconnect_backoff_max_ms = 1000;
+    c.net.peer_record_interval_secs = 1;
+    c.net.fetch_timeout_ms = 10_000;
+    c.epoch.jobs = 6;
+    c.epoch.view_timeout_ms = 3_000;
+    c.epoch.commit_window_ms = 12_000;
+    c.epoch.reveal_window_ms = 3_000;
+    c.epoch.rebroadcast_ms = 1_000;
+    c.epoch.eval_fetch_timeout_ms = 10_000;
+    c
+}
+
+async fn start(dir: &Path, cfg: Config, m: &SignedManifest) -> Daemon {
+    let d = tokio::time::timeout(WAIT, daemon::start(dir, cfg)).await.expect("daemon start timed out").unwrap();
+    d.handle().join(m.clone()).await.unwrap();
+    d
+}
+
+async fn holds(h: &DaemonHandle, d: &DatanetId) -> usize {
+    let s = h.status().await.unwrap();
+    s.datanets.iter().find(|x| x.id == d.to_hex()).map(|x| x.contributions.len()).unwrap_or(0)
+}
+
+async fn head(h: &DaemonHandle, d: &DatanetId) -> Option<u64> {
+    let all = h.epoch_status().await.unwrap();
+    all.into_iter().find(|x| x.datanet == d.to_hex()).and_then(|x| x.head_epoch)
+}
+
+// Four committee daemons run one epoch started at one of them: every peer appends the same
+// attestation, and it verifies offline against the manifest alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_daemons_attest_one_epoch() {
+    let t0 = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (0..PEERS).map(|i| tmp.path().join(format!("p{i}"))).collect();
+    for d in &dirs {
+        Identity::init(d).unwrap();
+    }
+    let ids: Vec<Identity> = dirs.iter().map(|d| Identity::load(d).unwrap()).collect();
+    let committee: Vec<String> = ids.iter().map(|i| i.public_key().to_hex()).collect();
+    let (m, eval) = manifest(&ids[0], &committee);
+    let d = m.body.id();
+    // Only the founder holds the evaluation file; the others fetch it from the committee.
+    {
+        let store = Store::open(&dirs[0]).await.unwrap();
+        store.put_blob(eval).await.unwrap();
+        store.close().await.unwrap();
+    }
+
+    let mut daemons = vec![start(&dirs[0], test_config(&[]), &m).await];
+    let h0 = daemons[0].handle().clone();
+    h0.net().wait_listening(Duration::from_secs(5)).await;
+    let seed = h0.net().seed_addrs().into_iter().find(|a| a.contains("/tcp/")).expect("a tcp listen address");
+    for dir in &dirs[1..] {
+        daemons.push(start(dir, test_config(std::slice::from_ref(&seed)), &m).await);
+    }
+    let hs: Vec<DaemonHandle> = daemons.iter().map(|x| x.handle().clone()).collect();
+    for (i, h) in hs.iter().enumerate() {
+        // Each peer meshes on the epochs topic before anything is sent there.
+        wait_until(&format!("p{i} in the epochs mesh"), WAIT, || async {
+            h.net().mesh_peers(d, TopicKind::Epochs).await >= 1 && h.peers().await.len() >= PEERS - 1
+        })
+        .await;
+    }
+
+    // A quarter of the training rows per peer, as its own contribution.
+    let csv = std::fs::read_to_string(root().join("tests/data/breast_cancer_train.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+    let per = rows.len().div_ceil(PEERS);
+    for (i, h) in hs.iter().enumerate() {
+        let file = tmp.path().join(format!("part{i}.csv"));
+        let part: String = rows.iter().skip(i * per).take(per).map(|r| format!("{r}\n")).collect();
+        std::fs::write(&file, part).unwrap();
+        let r = h.contribute(&d.to_hex(), &file, false).await.unwrap();
+        // Every row of the part is admitted as a new record.
+        assert_eq!(r.new_records as usize, rows.iter().skip(i * per).take(per).count());
+    }
+    for (i, h) in hs.iter().enumerate() {
+        // Every peer holds all four contributions before the epoch freezes its inputs.
+        wait_until(&format!("p{i} holding every contribution"), WAIT, || async { holds(h, &d).await == PEERS }).await;
+    }
+    let replicated = t0.elapsed();
+
+    let r = hs[1].epoch_run(&d.to_hex()).await.unwrap();
+    // The first epoch of an empty ledger is started at the asking peer.
+    assert!(r.started && r.epoch == 1, "unexpected run reply {r:?}");
+    // A second request while it runs reports the same epoch instead of starting another.
+    assert!(!hs[1].epoch_run(&d.to_hex()).await.unwrap().started);
+    for (i, h) in hs.iter().enumerate() {
+        // Every peer, not only the one that started it, attests the epoch.
+        wait_until(&format!("p{i} attesting epoch 1"), Duration::from_secs(90), || async {
+            head(h, &d).await == Some(1)
+        })
+        .await;
+    }
+    let attested = t0.elapsed();
+
+    let mut bytes = Vec::new();
+    for h in &hs {
+        bytes.push(h.epoch_attestation(&d.to_hex(), None).await.unwrap().1);
+    }
+    let atts: Vec<Attestation> = bytes.iter().map(|b| codec::decode(b).unwrap()).collect();
+    let a = atts[0].clone();
+    for x in &atts {
+        // Every peer appended the same attestation: same certified headers (so the same chain
+        // hash), reports and credit leaves; only which quorum of signatures each assembled may differ.
+        assert_eq!(
+            (x.hash(), &x.input.header, &x.score.header, &x.reports, &x.leaves),
+            (a.hash(), &a.input.header, &a.score.header, &a.reports, &a.leaves)
+        );
+    }
+    // The attestation certifies epoch 1 of this Datanet, chained to nothing.
+    assert_eq!((a.score.header.datanet, a.score.header.epoch, a.score.header.prev_attestation), (d, 1, [0; 32]));
+    // Credit went only to the four contributors, and never more than the pool.
+    assert!(a.leaves.iter().all(|l| committee.contains(&l.contributor.to_hex())));
+    assert!(a.leaves.iter().map(|l| l.reward).sum::<u64>() <= m.body.reward_pool);
+
+    // Offline: the files `attestation export` and `datanet export` write, checked like
+    // `datanet attestation verify FILE --manifest M` does, with no daemon involved.
+    let man_file = tmp.path().join("manifest.bin");
+    std::fs::write(&man_file, m.to_bytes()).unwrap();
+    for (i, b) in bytes.iter().enumerate() {
+        let att_file = tmp.path().join(format!("attestation{i}.bin"));
+        std::fs::write(&att_file, b).unwrap();
+        let v = datanet::cli::attestation::verify_file(&att_file, &man_file, None).unwrap();
+        // Each peer's copy verifies and is the attestation the peers agreed on.
+        assert_eq!(v.hash(), a.hash());
+    }
+
+    for x in daemons {
+        tokio::time::timeout(WAIT, x.shutdown()).await.expect("shutdown timed out");
+    }
+    // The ledger survives shutdown: the head is the attestation every peer appended.
+    let store = Store::open(&dirs[2]).await.unwrap();
+    let ledger = datanet::store::ledger::Ledger::open(store.db());
+    assert_eq!(ledger.head(&d).unwrap().map(|h| h.hash), Some(a.hash()));
+    store.close().await.unwrap();
+    eprintln!(
+        "replicated in {:.1}s, attested at every peer {:.1}s later (total {:.1}s)",
+        replicated.as_secs_f64(),
+        (attested - replicated).as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
