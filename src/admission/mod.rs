@@ -327,7 +327,7 @@ pub async fn admit_local(
         chunk_count: packed.chunks.len() as u32,
     };
     let contribution = Signed::sign(body, &identity.signing_key());
-    commit(store, &manifest, contribution, packed, records, "local").await
+    commit(store, &manifest, contribution, packed, records, "local", true).await
 }
 
 /// Admits a contribution whose HashSeq and chunks are already in the blob store (replication):
@@ -378,7 +378,8 @@ pub async fn admit_replicated(
             return Err(AdmitError::Mismatch { what, claimed, actual });
         }
     }
-    commit(store, &manifest, contribution.clone(), packed, records, source).await
+    // The chunks were verified as they streamed in and again on read: tag them, don't copy them.
+    commit(store, &manifest, contribution.clone(), packed, records, source, false).await
 }
 
 /// Checks a contribution record's claims against the manifest limits (no chunk needed): what a
@@ -411,6 +412,7 @@ async fn commit(
     packed: Packed,
     records: Vec<CanonicalRecord>,
     source: &str,
+    write_blobs: bool,
 ) -> Result<Acknowledged, AdmitError> {
     let id = contribution.body.id();
     if let Some(meta) = store.contribution_meta(&id)? {
@@ -418,10 +420,13 @@ async fn commit(
     }
     // Blobs first, synced; then one sled transaction; then flush. A crash before the transaction
     // leaves only unreferenced blobs.
-    for chunk in packed.chunks {
-        store.put_blob(chunk).await?;
+    if write_blobs {
+        for chunk in packed.chunks {
+            store.put_blob(chunk).await?;
+        }
+        store.put_blob(packed.hash_seq).await?;
     }
-    store.put_blob(packed.hash_seq).await?;
+    store.tag_contribution(&id, &packed.root).await?;
     let Admitted { meta, .. } =
         store.commit_contribution(manifest, &contribution, &packed.chunk_hashes, &records, source).await?;
     Ok(Acknowledged { id, contribution, meta, already_present: false })

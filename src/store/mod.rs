@@ -145,6 +145,13 @@ impl Store {
         Ok(bytes.to_vec())
     }
 
+    /// Tags a contribution's HashSeq (and so every chunk it lists) so blob garbage collection
+    /// keeps it; blobs that arrive by download carry no tag of their own.
+    pub async fn tag_contribution(&self, id: &crate::ids::ContributionId, root: &BlobHash) -> Result<(), StoreError> {
+        let value = iroh_blobs::HashAndFormat::hash_seq(iroh_blobs::Hash::from_bytes(root.0));
+        self.blobs.tags().set(format!("contribution/{}", id.to_hex()), value).await.map_err(|e| StoreError::Blobs(e.to_string()))
+    }
+
     /// Whether the blob is completely present.
     pub async fn has_blob(&self, hash: &BlobHash) -> Result<bool, StoreError> {
         self.blobs.has(iroh_blobs::Hash::from_bytes(hash.0)).await.map_err(|e| StoreError::Blobs(e.to_string()))
