@@ -59,7 +59,8 @@ fn transformers_and_peft_agree() -> anyhow::Result<()> {
         records_per_unit_max: 100,
         seed: 3,
     };
-    let records: Vec<Value> = (0..16).map(|i| json!({"text": format!("interop record {i} says hello {}", i * i)})).collect();
+    let records: Vec<Value> =
+        (0..16).map(|i| json!({"text": format!("interop record {i} says hello {}", i * i)})).collect();
     let cfg = TrainConfig::from_recipe(&recipe)?;
     let examples = data::examples(&base, &TaskKind::Text, &records, cfg.sequence_length)?;
     let lora = {
@@ -93,5 +94,42 @@ fn transformers_and_peft_agree() -> anyhow::Result<()> {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
     assert!(out.status.success(), "interop script failed:\n{text}");
+    Ok(())
+}
+
+fn dn(datadir: &std::path::Path, args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_datanet"))
+        .arg("--datadir")
+        .arg(datadir)
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run datanet");
+    assert!(o.status.success(), "datanet {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+// `datanet train` on a tabular Datanet improves the evaluation, stores a signed lineage, and a
+// record's inclusion proof verifies from another datadir (as on another machine).
+#[test]
+fn cli_train_lineage_prove_verify() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir()?;
+    let d = tmp.path().join("peer");
+    dn(&d, &["init"]);
+    dn(&d, &["datanet", "create", "--from", root.join("config/datanets/breast_cancer.toml").to_str().unwrap()]);
+    dn(&d, &["contribute", "breast-cancer", root.join("tests/data/breast_cancer_train.csv").to_str().unwrap()]);
+    let out: Value = serde_json::from_str(
+        dn(&d, &["train", "breast-cancer", "--device", "cpu", "--threads", "1", "--json"]).trim(),
+    )?;
+    assert!(out["adapted"]["weighted_loss"].as_f64().unwrap() < out["base"]["weighted_loss"].as_f64().unwrap());
+    let adapter = out["adapter"].as_str().unwrap().to_string();
+    let records = std::fs::read(d.join("adapters").join(&adapter).join("records.bin"))?;
+    let list: datanet::trainer::lineage::RecordList = datanet::codec::decode(&records)?;
+    assert_eq!(list.hashes.len(), 455);
+    let proof = dn(&d, &["lineage", "prove", &adapter[..12], &list.hashes[17].to_hex()]);
+    let other = tmp.path().join("other");
+    let ok = dn(&other, &["lineage", "verify", proof.trim()]);
+    assert!(ok.contains(&list.hashes[17].to_hex()) && ok.contains(&adapter), "{ok}");
     Ok(())
 }
