@@ -61,16 +61,16 @@ pub async fn run_cmd(args: SimArgs, g: &Global) -> anyhow::Result<()> {
         Some(s) => (s, args.seeds),
         None => (0, args.seeds),
     };
+    let cfg_for = |seed: u64| SimConfig {
+        faults: !args.no_faults,
+        strategies: (!strategies.is_empty()).then(|| strategies.clone()),
+        ..SimConfig::new(args.peers, f, seed)
+    };
     let started = Instant::now();
     let mut failed = 0u64;
     let mut certified = Vec::new();
     for seed in first..first + count {
-        let cfg = SimConfig {
-            faults: !args.no_faults,
-            strategies: (!strategies.is_empty()).then(|| strategies.clone()),
-            ..SimConfig::new(args.peers, f, seed)
-        };
-        let r = run(cfg);
+        let r = run(cfg_for(seed));
         if let Some(t) = r.certified_ms {
             certified.push(t);
         }
@@ -84,6 +84,13 @@ pub async fn run_cmd(args: SimArgs, g: &Global) -> anyhow::Result<()> {
                 eprintln!("  {v}");
             }
             eprintln!("  replay: datanet sim --peers {} --byzantine {f} --seed {seed}", args.peers);
+            if count == 1 {
+                // Replaying one seed: dump every member's agreement state at the end.
+                let (_, _, lines) = crate::sim::Sim::new(cfg_for(seed)).run_debug();
+                for l in lines {
+                    eprintln!("  {l}");
+                }
+            }
         } else if count == 1 || g.json {
             println!(
                 "seed {seed} ok: certificate at {:?} ms, {} of {} honest attested, {} deliveries, {} rejected, evidence against {} keys",

@@ -532,28 +532,25 @@ impl Sim {
 
     /// Runs and returns one status line per member (debugging a failing seed).
     pub fn run_debug(self) -> (SimReport, BTreeMap<usize, Attestation>, Vec<String>) {
-        let mut me = self;
-        let members = me.members.clone();
-        let strategies: Vec<Option<Strategy>> = me.nodes.iter().map(|n| n.strategy).collect();
-        me.cfg.timing = me.cfg.timing;
-        let (r, a, lines) = {
-            let (r, a) = me.run_keep_with(|sim| {
-                sim.nodes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        format!(
-                            "{i} {} {:?} {:?}\n   {:?}",
-                            members[i].short(),
-                            strategies[i],
-                            n.machine.as_ref().map(|m| m.status()),
-                            n.machine.as_ref().map(|m| m.debug_round(Phase::Score))
-                        )
-                    })
-                    .collect()
-            });
-            (r, a.0, a.1)
-        };
+        let members = self.members.clone();
+        let strategies: Vec<Option<Strategy>> = self.nodes.iter().map(|n| n.strategy).collect();
+        let (r, (a, lines)) = self.run_keep_with(|sim| {
+            sim.nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let m = n.machine.as_ref();
+                    format!(
+                        "{i} {} {:?} {:?}\n   freeze: {:?}\n   score: {:?}",
+                        members[i].short(),
+                        strategies[i],
+                        m.map(|m| m.status()),
+                        m.map(|m| m.debug_round(Phase::Freeze)),
+                        m.map(|m| m.debug_round(Phase::Score))
+                    )
+                })
+                .collect()
+        });
         (r, a, lines)
     }
 
