@@ -20,6 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Coalition jobs per epoch on a testnet (all peers share one machine's cores).
+pub const TESTNET_JOBS: u32 = 16;
+/// Commit window on a testnet: every member's training jobs must fit in it.
+pub const TESTNET_COMMIT_WINDOW_MS: u64 = 180_000;
+
 /// How long `up` waits for the peers to find each other.
 pub const MESH_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -82,9 +87,13 @@ pub async fn create(dir: &Path, n: usize, manifest: &Path) -> anyhow::Result<Tes
         let seeds = if i == 0 { String::new() } else { format!("{seed:?}") };
         let cfg = format!(
             "# written by `datanet testnet up`\n[net]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nseeds = [{seeds}]\nseeds_file = \"\"\n\
-             gossip_mesh_n = {mesh}\n\n[datanets]\njoin = [\"{id}\"]\n",
+             gossip_mesh_n = {mesh}\n\n[datanets]\njoin = [\"{id}\"]\n\n\
+             # Every member trains its share of the jobs inside the commit window, on a shared machine.\n\
+             [epoch]\njobs = {jobs}\ncommit_window_ms = {commit}\nview_timeout_ms = 15000\n",
             ports[i],
             mesh = n.saturating_sub(1).clamp(1, 6),
+            jobs = TESTNET_JOBS,
+            commit = TESTNET_COMMIT_WINDOW_MS,
         );
         std::fs::write(p.join("config.toml"), cfg)?;
     }
