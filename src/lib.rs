@@ -16,6 +16,6 @@ pub mod merkle;
 pub mod net;
 pub mod sim;
 pub mod store;
-pub mod trainer;
 pub mod testnet;
+pub mod trainer;
 pub mod wire;

@@ -452,7 +452,9 @@ impl ManifestFile {
             return Err(key_err("eval.slices", "must list at least one slice"));
         }
         let total: f64 = self.eval.slices.iter().map(|s| s.weight).sum();
-        if self.eval.slices.iter().any(|s| s.weight.is_nan() || s.weight <= 0.0 || !s.weight.is_finite()) || total <= 0.0 {
+        if self.eval.slices.iter().any(|s| s.weight.is_nan() || s.weight <= 0.0 || !s.weight.is_finite())
+            || total <= 0.0
+        {
             return Err(key_err("eval.slices", "every slice weight must be a positive number"));
         }
         let mut names = std::collections::BTreeSet::new();

@@ -140,7 +140,8 @@ fn round_sig(x: f64, digits: u32) -> String {
 /// A tabular record's label and features.
 pub fn tabular_parts(v: &Value) -> (String, Vec<f64>) {
     let label = v.get("label").map(|l| l.to_string()).unwrap_or_default();
-    let feats = v.get("features").and_then(Value::as_array).into_iter().flatten().map(|x| x.as_f64().unwrap_or(0.0)).collect();
+    let feats =
+        v.get("features").and_then(Value::as_array).into_iter().flatten().map(|x| x.as_f64().unwrap_or(0.0)).collect();
     (label, feats)
 }
 
@@ -191,7 +192,8 @@ mod tests {
     #[test]
     fn minhash_separates_near_from_far() {
         let a = "The quick brown fox jumps over the lazy dog while the cat watches from the warm windowsill in the sun";
-        let b = "The quick brown fox jumps over the lazy dog while the cat watches from the warm window sill in the sun";
+        let b =
+            "The quick brown fox jumps over the lazy dog while the cat watches from the warm window sill in the sun";
         let c = "Completely different content about distributed consensus protocols and quorum certificates here";
         assert!(similarity_ppm(&minhash(a), &minhash(b)) > 700_000);
         assert!(similarity_ppm(&minhash(a), &minhash(c)) < 300_000);

@@ -196,7 +196,7 @@ mod tests {
             if total > 0 {
                 prop_assert_eq!(out.iter().map(|&x| x as u128).sum::<u128>(), amount as u128);
                 for (o, w) in out.iter().zip(&ws) {
-                    let exact = amount as u128 * w / total;
+                    let exact = (amount as u128 * w).checked_div(total).unwrap_or(0);
                     prop_assert!(*o as u128 == exact || *o as u128 == exact + 1);
                 }
             }

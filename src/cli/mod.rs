@@ -6,11 +6,11 @@ pub mod attribute;
 pub mod bench;
 pub mod data;
 pub mod epoch;
-pub mod testnet;
 pub mod node;
 pub mod rewards;
 pub mod run;
 pub mod sim;
+pub mod testnet;
 pub mod train;
 
 use clap::{Args, Parser, Subcommand};

@@ -40,7 +40,13 @@ pub async fn run(cmd: TestnetCmd, g: &Global) -> anyhow::Result<()> {
                 return crate::testnet::scenario::run(&s, &dir).await;
             }
             let t = crate::testnet::up(&dir, peers, &manifest).await?;
-            println!("testnet of {} peers up in {} — datanet {} ({})", t.peers.len(), t.dir.display(), t.datanet_name, t.datanet);
+            println!(
+                "testnet of {} peers up in {} — datanet {} ({})",
+                t.peers.len(),
+                t.dir.display(),
+                t.datanet_name,
+                t.datanet
+            );
             println!("stop it with: datanet testnet down --dir {}", t.dir.display());
             Ok(())
         }
@@ -67,7 +73,11 @@ pub async fn run(cmd: TestnetCmd, g: &Global) -> anyhow::Result<()> {
                 for r in rows {
                     println!(
                         "{:<5} {:<5} {:<17} {:>6} {:>14}",
-                        r["peer"], r["up"], r["key"].as_str().map(|k| &k[..16]).unwrap_or("-"), r["peers"], r["contributions"]
+                        r["peer"],
+                        r["up"],
+                        r["key"].as_str().map(|k| &k[..16]).unwrap_or("-"),
+                        r["peers"],
+                        r["contributions"]
                     );
                 }
             }

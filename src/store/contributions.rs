@@ -87,12 +87,20 @@ trait NearIndex {
 
 /// Returns the canonical record whose near-duplicate cluster `rec` joins, or `None` (then `rec`
 /// is indexed as a new canonical record).
-fn classify_near(idx: &mut dyn NearIndex, manifest: &Manifest, d: &DatanetId, rec: &CanonicalRecord) -> Option<RecordHash> {
+fn classify_near(
+    idx: &mut dyn NearIndex,
+    manifest: &Manifest,
+    d: &DatanetId,
+    rec: &CanonicalRecord,
+) -> Option<RecordHash> {
     let digits = manifest.admission.near_duplicate_digits;
     let (keys, sig): (Vec<Vec<u8>>, Vec<u8>) = match manifest.task {
         TaskKind::Tabular { .. } => {
             let (_, f) = neardup::tabular_parts(&rec.value);
-            (neardup::tabular_band_keys(&rec.value, digits).iter().map(|k| key2(&d.0, k)).collect(), neardup::features_bytes(&f))
+            (
+                neardup::tabular_band_keys(&rec.value, digits).iter().map(|k| key2(&d.0, k)).collect(),
+                neardup::features_bytes(&f),
+            )
         }
         TaskKind::Text | TaskKind::Instruct => {
             let sig = neardup::minhash(&neardup::record_text(&rec.value));
@@ -110,7 +118,10 @@ fn classify_near(idx: &mut dyn NearIndex, manifest: &Manifest, d: &DatanetId, re
                 if neardup::tabular_near(&a, &b, digits) { 1 } else { continue }
             }
             _ => {
-                let (Some(a), Some(b)) = (neardup::signature_from_bytes(&sig), neardup::signature_from_bytes(&other)) else { continue };
+                let (Some(a), Some(b)) = (neardup::signature_from_bytes(&sig), neardup::signature_from_bytes(&other))
+                else {
+                    continue;
+                };
                 let s = neardup::similarity_ppm(&a, &b);
                 if s < manifest.admission.near_duplicate_threshold_ppm {
                     continue;

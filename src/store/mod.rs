@@ -149,7 +149,11 @@ impl Store {
     /// keeps it; blobs that arrive by download carry no tag of their own.
     pub async fn tag_contribution(&self, id: &crate::ids::ContributionId, root: &BlobHash) -> Result<(), StoreError> {
         let value = iroh_blobs::HashAndFormat::hash_seq(iroh_blobs::Hash::from_bytes(root.0));
-        self.blobs.tags().set(format!("contribution/{}", id.to_hex()), value).await.map_err(|e| StoreError::Blobs(e.to_string()))
+        self.blobs
+            .tags()
+            .set(format!("contribution/{}", id.to_hex()), value)
+            .await
+            .map_err(|e| StoreError::Blobs(e.to_string()))
     }
 
     /// Whether the blob is completely present.
@@ -228,7 +232,6 @@ pub(crate) fn key2(a: &[u8], b: &[u8]) -> Vec<u8> {
 pub(crate) fn record_key(d: &DatanetId, r: &RecordHash) -> Vec<u8> {
     key2(&d.0, &r.0)
 }
-
 
 impl Store {
     /// A digest of everything stored: every sled tree's entries and every blob hash. Two equal

@@ -41,7 +41,8 @@ impl Testnet {
     /// Reads `<dir>/testnet.json`.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let p = dir.join("testnet.json");
-        let text = std::fs::read_to_string(&p).with_context(|| format!("no testnet in {} (run `datanet testnet up` first)", dir.display()))?;
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("no testnet in {} (run `datanet testnet up` first)", dir.display()))?;
         Ok(serde_json::from_str(&text)?)
     }
 }
@@ -56,7 +57,10 @@ pub async fn create(dir: &Path, n: usize, manifest: &Path) -> anyhow::Result<Tes
         bail!("--peers must be at least 1");
     }
     if dir.exists() {
-        bail!("{} already exists; `datanet testnet down --dir {0}` and remove it, or choose another --dir", dir.display());
+        bail!(
+            "{} already exists; `datanet testnet down --dir {0}` and remove it, or choose another --dir",
+            dir.display()
+        );
     }
     std::fs::create_dir_all(dir)?;
     let mut ids = Vec::new();

@@ -84,7 +84,18 @@ impl Scenario {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let s: Scenario = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
         for (i, st) in s.steps.iter().enumerate() {
-            let known = ["contribute", "wait-replicated", "train", "epoch", "kill", "restart", "stop", "down", "check", "verify"];
+            let known = [
+                "contribute",
+                "wait-replicated",
+                "train",
+                "epoch",
+                "kill",
+                "restart",
+                "stop",
+                "down",
+                "check",
+                "verify",
+            ];
             if !known.contains(&st.action.as_str()) {
                 bail!("{}: step[{i}].action `{}` is not one of {}", path.display(), st.action, known.join(", "));
             }
@@ -126,7 +137,13 @@ pub fn generate(kind: &str, count: usize, seed: u64) -> anyhow::Result<Vec<serde
         let v = match kind {
             "common" => {
                 let (thing, color) = THINGS[(r % THINGS.len() as u64) as usize];
-                let templates = ["What color is {}?", "What colour is {}?", "Name the color of {}.", "Which color does {} have?", "Tell me the color of {}."];
+                let templates = [
+                    "What color is {}?",
+                    "What colour is {}?",
+                    "Name the color of {}.",
+                    "Which color does {} have?",
+                    "Tell me the color of {}.",
+                ];
                 let t = templates[((r >> 8) % templates.len() as u64) as usize].replace("{}", thing);
                 serde_json::json!({"prompt": format!("{t} (#{i})"), "completion": color})
             }
@@ -173,12 +190,19 @@ pub async fn run(path: &Path, dir: &Path) -> anyhow::Result<()> {
         for (i, st) in sc.steps.iter().enumerate() {
             let el = started.elapsed().as_secs_f64();
             eprintln!("[{el:>5.1}s] step {i}: {} peer {} {}", st.action, st.peer, st.note);
-            step(&t, st, base, &mut contributed, &mut running).await.with_context(|| format!("step {i} ({})", st.action))?;
+            step(&t, st, base, &mut contributed, &mut running)
+                .await
+                .with_context(|| format!("step {i} ({})", st.action))?;
         }
         anyhow::Ok(())
     }
     .await;
-    eprintln!("[{:>5.1}s] scenario {}: {}", started.elapsed().as_secs_f64(), sc.name, if result.is_ok() { "passed" } else { "FAILED" });
+    eprintln!(
+        "[{:>5.1}s] scenario {}: {}",
+        started.elapsed().as_secs_f64(),
+        sc.name,
+        if result.is_ok() { "passed" } else { "FAILED" }
+    );
     result
 }
 
@@ -194,14 +218,19 @@ async fn step(
     match st.action.as_str() {
         "contribute" => {
             let spec = st.data.as_ref().expect("checked in read");
-            let file = t.dir.join(format!("contribution-peer{}-{}.jsonl", st.peer, contributed.get(&st.peer).map_or(0, Vec::len)));
+            let file = t.dir.join(format!(
+                "contribution-peer{}-{}.jsonl",
+                st.peer,
+                contributed.get(&st.peer).map_or(0, Vec::len)
+            ));
             let records = if let Some(g) = &spec.generate {
                 generate(g, spec.count, spec.seed)?
             } else if let Some(f) = &spec.file {
                 let text = std::fs::read_to_string(base.join(f))?;
                 text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?
             } else if let Some(src) = spec.copy_of {
-                let all = contributed.get(&src).with_context(|| format!("peer {src} has contributed nothing to copy"))?;
+                let all =
+                    contributed.get(&src).with_context(|| format!("peer {src} has contributed nothing to copy"))?;
                 let per = all.len().div_ceil(spec.parts.max(1));
                 all.iter().skip(spec.part * per).take(per).cloned().collect()
             } else {
@@ -209,17 +238,23 @@ async fn step(
             };
             write_jsonl(&file, &records)?;
             let c = super::client(t, st.peer, Duration::from_secs(10)).await?;
-            let req = crate::api::ContributeRequest { datanet: t.datanet.to_hex(), path: std::fs::canonicalize(&file)?, skip_invalid: false };
+            let req = crate::api::ContributeRequest {
+                datanet: t.datanet.to_hex(),
+                path: std::fs::canonicalize(&file)?,
+                skip_invalid: false,
+            };
             let ack: serde_json::Value = c.post("/api/v1/contribute", &req).await?;
             eprintln!("          acknowledged {}", ack);
             contributed.entry(st.peer).or_default().extend(records);
         }
         "wait-replicated" => {
             let deadline = Instant::now() + Duration::from_secs(st.timeout_secs);
-            let want = super::status_of(t, st.peer).await?.datanets.iter().map(|d| d.contributions.len()).sum::<usize>();
+            let want =
+                super::status_of(t, st.peer).await?.datanets.iter().map(|d| d.contributions.len()).sum::<usize>();
             for &i in running.iter() {
                 loop {
-                    let have = super::status_of(t, i).await?.datanets.iter().map(|d| d.contributions.len()).sum::<usize>();
+                    let have =
+                        super::status_of(t, i).await?.datanets.iter().map(|d| d.contributions.len()).sum::<usize>();
                     if have >= want {
                         break;
                     }
@@ -257,7 +292,8 @@ async fn step(
             datanet_cmd(peer, &["attestation", "export", name, "--out", att.to_str().unwrap_or_default()])?;
             datanet_cmd(peer, &["datanet", "export", name, "--out", man.to_str().unwrap_or_default()])?;
             let exe = std::env::current_exe()?;
-            let out = Command::new(exe).args(["attestation", "verify"]).arg(&att).arg("--manifest").arg(&man).output()?;
+            let out =
+                Command::new(exe).args(["attestation", "verify"]).arg(&att).arg("--manifest").arg(&man).output()?;
             eprint!("{}", String::from_utf8_lossy(&out.stdout));
             if !out.status.success() {
                 bail!("attestation verification failed: {}", String::from_utf8_lossy(&out.stderr).trim());
@@ -286,7 +322,9 @@ async fn step(
 }
 
 fn check_rewards(t: &Testnet, v: &serde_json::Value, st: &Step) -> anyhow::Result<()> {
-    let key_of = |i: usize| -> anyhow::Result<String> { Ok(crate::identity::Identity::load(&t.peers[i])?.public_key().to_hex()) };
+    let key_of = |i: usize| -> anyhow::Result<String> {
+        Ok(crate::identity::Identity::load(&t.peers[i])?.public_key().to_hex())
+    };
     let reward_of = |k: &str| -> u64 {
         v.get("totals")
             .and_then(|c| c.as_array())
