@@ -83,6 +83,9 @@ pub async fn create(dir: &Path, n: usize, manifest: &Path) -> anyhow::Result<Tes
     let name = m.name.clone();
     let signed = Signed::sign(m, &ids[0].signing_key());
     let id = signed.body.id();
+    // The testnet's own seed list: peer 0, also written into each config below.
+    let seeds_file = std::fs::canonicalize(dir)?.join("seeds.toml");
+    std::fs::write(&seeds_file, format!("seeds = [{seed:?}]\n"))?;
     for (i, p) in peers.iter().enumerate() {
         let store = Store::open(p).await?;
         store.put_blob(blobs.public.clone()).await?;
@@ -90,12 +93,13 @@ pub async fn create(dir: &Path, n: usize, manifest: &Path) -> anyhow::Result<Tes
         store.close().await?;
         let seeds = if i == 0 { String::new() } else { format!("{seed:?}") };
         let cfg = format!(
-            "# written by `datanet testnet up`\n[net]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nseeds = [{seeds}]\nseeds_file = \"\"\n\
+            "# written by `datanet testnet up`\n[net]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nseeds = [{seeds}]\nseeds_file = {seeds_file:?}\n\
              gossip_mesh_n = {mesh}\n\n[datanets]\njoin = [\"{id}\"]\n\n\
              # Every member trains its share of the jobs inside the commit window, on a shared machine.\n\
              [epoch]\njobs = {jobs}\ncommit_window_ms = {commit}\nview_timeout_ms = 15000\n",
             ports[i],
             mesh = n.saturating_sub(1).clamp(1, 6),
+            seeds_file = seeds_file.display().to_string(),
             jobs = TESTNET_JOBS,
             commit = TESTNET_COMMIT_WINDOW_MS,
         );
