@@ -36,8 +36,9 @@ test: setup
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets -- --test-threads=2
 
-demo: release
-	bash testnet/demo.sh $(BIN)
+# The demo uses the dev build (dependencies are optimized in it too), shared with `make test`.
+demo: build
+	bash testnet/demo.sh $(or $(CARGO_TARGET_DIR),target)/debug/datanet
 
 bench-ingest: release
 	$(BIN) bench ingest --mb 200
