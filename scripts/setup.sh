@@ -19,7 +19,9 @@ if [ ! -f "$VENV/.torch-ok" ]; then
 fi
 if [ "${1:-}" = "--interop" ] && [ ! -f "$VENV/.interop-ok" ]; then
   echo "setup: installing transformers, peft and safetensors into $VENV (interop test clients)" >&2
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "transformers>=4.45,<6" "peft>=0.13" "safetensors>=0.4" >&2
+  # Versions the interop test was checked with; torch stays pinned so the resolver cannot replace it.
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" \
+    "transformers==5.24.0" "peft==0.21.2" "safetensors==0.8.0" "accelerate==1.15.0" >&2
   "$VENV/bin/python" -c "import transformers, peft" >&2
   touch "$VENV/.interop-ok"
 fi
