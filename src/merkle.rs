@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 const LEAF_CONTEXT: &str = "datanet/merkle/leaf/v1";
 const NODE_CONTEXT: &str = "datanet/merkle/node/v1";
+const ROOT_CONTEXT: &str = "datanet/merkle/root/v1";
 /// Largest tree a proof may describe (2^32 leaves).
 pub const MAX_DEPTH: usize = 32;
 
@@ -26,6 +27,14 @@ fn node_hash(l: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// The root commits to the tree size too, so a proof cannot claim another leaf count.
+fn root_hash(leaf_count: u64, top: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(ROOT_CONTEXT);
+    h.update(&leaf_count.to_le_bytes());
+    h.update(top);
+    *h.finalize().as_bytes()
+}
+
 /// The root over `leaves` in order; the empty tree has the all-zero root.
 pub fn root(leaves: &[[u8; 32]]) -> MerkleRoot {
     if leaves.is_empty() {
@@ -35,7 +44,7 @@ pub fn root(leaves: &[[u8; 32]]) -> MerkleRoot {
     while level.len() > 1 {
         level = level.chunks(2).map(|p| if p.len() == 2 { node_hash(&p[0], &p[1]) } else { p[0] }).collect();
     }
-    MerkleRoot(level[0])
+    MerkleRoot(root_hash(leaves.len() as u64, &level[0]))
 }
 
 /// An inclusion proof: the leaf, its index, the tree size and the sibling path.
@@ -108,7 +117,7 @@ impl Proof {
         if want != self.siblings.len() {
             return Err(ProofError::WrongLength { got: self.siblings.len(), want, index, leaf_count });
         }
-        Ok(MerkleRoot(acc))
+        Ok(MerkleRoot(root_hash(leaf_count, &acc)))
     }
 
     /// Checks the proof against `expected`.

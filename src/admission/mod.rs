@@ -481,3 +481,18 @@ pub fn parse_eval(manifest: &Manifest, bytes: &[u8]) -> Result<Vec<EvalRecord>, 
     }
     Ok(out)
 }
+
+/// The evaluation file's records as JSON values, each with its `slice` field: what the trainer and
+/// the attribution featurizer read.
+pub fn eval_values(manifest: &Manifest, bytes: &[u8]) -> Result<Vec<serde_json::Value>, AdmitError> {
+    Ok(parse_eval(manifest, bytes)?
+        .into_iter()
+        .map(|e| {
+            let mut v = e.record.value;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("slice".into(), serde_json::Value::String(e.slice));
+            }
+            v
+        })
+        .collect())
+}

@@ -6,7 +6,6 @@
 //! committee would. [`measure`] is the glue the DatanetBench runner shares.
 
 use super::Global;
-use crate::attribution::features::Featurizer;
 use crate::attribution::{self, EpochParams, EpochPlan, InputRecord, Scores};
 use crate::ids::{BlobHash, PeerKey, RecordHash};
 use crate::manifest::{Manifest, TaskKind};
@@ -60,26 +59,7 @@ pub fn input_records(
     records: &[AdmittedRecord],
     eval: &[Value],
 ) -> anyhow::Result<(Vec<InputRecord>, Vec<attribution::features::Embedding>)> {
-    let featurizer =
-        Featurizer::new(task, eval).map_err(|(i, e)| anyhow::anyhow!("evaluation record {}: {e}", i + 1))?;
-    let inputs = records
-        .iter()
-        .map(|r| {
-            let embedding = featurizer.embed(&r.value).with_context(|| format!("record {}", r.hash.short()))?;
-            Ok(InputRecord {
-                hash: r.hash,
-                contributor: r.contributor,
-                cluster: r.cluster.unwrap_or(r.hash),
-                embedding,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let eval_emb = eval
-        .iter()
-        .enumerate()
-        .map(|(i, v)| featurizer.embed(v).with_context(|| format!("evaluation record {}", i + 1)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok((inputs, eval_emb))
+    crate::daemon::epoch::input_records(task, records, eval).map_err(anyhow::Error::msg)
 }
 
 /// Plans, measures every job with `job` (reusing `cache`), and scores.
@@ -170,17 +150,7 @@ pub fn base_dir(datadir: &Path, m: &Manifest, explicit: Option<&Path>) -> anyhow
 /// The public evaluation records of a Datanet, each with its `slice` field.
 pub async fn eval_values(store: &Store, m: &Manifest) -> anyhow::Result<Vec<Value>> {
     let bytes = store.get_blob(&m.eval.public_hash).await.context("the public evaluation file")?;
-    let recs = crate::admission::parse_eval(m, &bytes)?;
-    Ok(recs
-        .into_iter()
-        .map(|e| {
-            let mut v = e.record.value;
-            if let Some(o) = v.as_object_mut() {
-                o.insert("slice".into(), Value::String(e.slice));
-            }
-            v
-        })
-        .collect())
+    Ok(crate::admission::eval_values(m, &bytes)?)
 }
 
 /// Parses 64 hex digits into a seed.

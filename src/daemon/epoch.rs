@@ -620,17 +620,7 @@ pub async fn eval_values(
             .map_err(|e| format!("fetching the evaluation file {}: {e}", h.short()))?;
     }
     let bytes = store.get_blob(&h).await.map_err(|e| format!("the evaluation file {}: {e}", h.short()))?;
-    let recs = admission::parse_eval(m, &bytes).map_err(|e| format!("the evaluation file: {e}"))?;
-    Ok(recs
-        .into_iter()
-        .map(|e| {
-            let mut v = e.record.value;
-            if let Some(o) = v.as_object_mut() {
-                o.insert("slice".into(), Value::String(e.slice));
-            }
-            v
-        })
-        .collect())
+    admission::eval_values(m, &bytes).map_err(|e| format!("the evaluation file: {e}"))
 }
 
 /// Attribution inputs from admitted records: fixed-point features against the evaluation set.
