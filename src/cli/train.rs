@@ -372,18 +372,7 @@ fn base_dir(g: &Global, m: &Manifest, explicit: Option<&Path>, evals: &[serde_js
 
 /// Evaluation records of a Datanet (public file from the store) as JSON values with `slice`.
 async fn eval_records(store: &crate::store::Store, m: &Manifest) -> anyhow::Result<Vec<serde_json::Value>> {
-    let bytes = store.get_blob(&m.eval.public_hash).await.context("the public evaluation file")?;
-    let recs = crate::admission::parse_eval(m, &bytes)?;
-    Ok(recs
-        .into_iter()
-        .map(|e| {
-            let mut v = e.record.value;
-            if let Some(o) = v.as_object_mut() {
-                o.insert("slice".into(), serde_json::Value::String(e.slice));
-            }
-            v
-        })
-        .collect())
+    super::attribute::eval_values(store, m).await
 }
 
 fn metrics(r: &EvalReport) -> (Vec<LineageMetric>, i64, u32) {
