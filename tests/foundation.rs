@@ -268,4 +268,16 @@ fn crash_during_contribution_is_all_or_nothing() {
             "acknowledged contribution lost"
         );
     }
+    // Index entries a killed run wrote before its marker are dead: if no run got acknowledged,
+    // the completed contribution counts every record new.
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&dir, &["contributions", "breast-cancer", "--json"])).unwrap();
+    let done_before = list.as_array().unwrap().iter().any(|c| c["records"] == 60_000);
+    let v: serde_json::Value =
+        serde_json::from_str(ok(&dir, &["contribute", "breast-cancer", &big_path, "--json"]).trim()).unwrap();
+    let (new, dups) = (v["new"].as_u64().unwrap(), v["duplicates"].as_u64().unwrap());
+    assert_eq!(new + dups, 60_000);
+    if !done_before {
+        assert_eq!(new, 60_000, "records of killed runs counted as duplicates");
+    }
 }

@@ -351,10 +351,8 @@ pub async fn admit_replicated(
         });
     }
     let mut chunks = Vec::with_capacity(c.chunk_count as usize);
-    let mut records = Vec::with_capacity(c.record_count as usize);
-    for (i, h) in hash_seq.chunks_exact(32).enumerate() {
-        let hash = BlobHash(h.try_into().expect("32-byte chunk"));
-        let bytes = store.get_blob(&hash).await?;
+    for h in hash_seq.chunks_exact(32) {
+        let bytes = store.get_blob(&BlobHash(h.try_into().expect("32-byte chunk"))).await?;
         if bytes.len() > CHUNK_BYTES_MAX {
             return Err(AdmitError::Mismatch {
                 what: "chunk size",
@@ -362,9 +360,20 @@ pub async fn admit_replicated(
                 actual: bytes.len().to_string(),
             });
         }
-        records.extend(unpack_chunk(&manifest.task, manifest.admission.record_bytes_max, i, &bytes)?);
         chunks.push(bytes);
     }
+    // Parsing and canonicality checks are independent per chunk: all cores, first error wins.
+    let rules_max = manifest.admission.record_bytes_max;
+    let parsed: Vec<Vec<CanonicalRecord>> = {
+        use rayon::prelude::*;
+        chunks
+            .par_iter()
+            .enumerate()
+            .map(|(i, b)| unpack_chunk(&manifest.task, rules_max, i, b))
+            .collect::<Result<_, _>>()?
+    };
+    drop(chunks);
+    let records: Vec<CanonicalRecord> = parsed.into_iter().flatten().collect();
     check_limits(&manifest, &records)?;
     let packed = pack(&records);
     let checks = [

@@ -5,9 +5,10 @@
 //! chunks, HashSeqs, evaluation files, adapters, attestations). Blob bytes are checked against
 //! their hash when written and again when read back; a corrupt blob is reported, never returned.
 //!
-//! Writes that must be all-or-nothing (a contribution and every index entry it creates) go
-//! through one sled transaction over several trees, and callers acknowledge only after
-//! [`Store::flush`]. Blobs are written and synced *before* that transaction, so a crash leaves at
+//! A contribution is all-or-nothing: its Datanet-wide index entries are written in batches, then
+//! a small sled transaction writes its marker (signed record, metadata, order), and callers
+//! acknowledge only after the flush that follows; index entries whose contribution has no marker
+//! are dead and skipped (see `contributions`). Blobs are written and synced *before* that transaction, so a crash leaves at
 //! worst unreferenced blobs, never a record whose chunks are missing.
 
 pub mod contributions;
@@ -68,6 +69,8 @@ pub struct Store {
     db: sled::Db,
     blobs: FsStore,
     root: PathBuf,
+    /// Serializes admissions: classification reads the indexes the previous one wrote.
+    admit: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -79,7 +82,7 @@ impl Store {
         let blobs = FsStore::load(&blob_path)
             .await
             .map_err(|e| StoreError::OpenBlobs { path: blob_path, reason: format!("{e:#}") })?;
-        Ok(Store { db, blobs, root: datadir.to_path_buf() })
+        Ok(Store { db, blobs, root: datadir.to_path_buf(), admit: Default::default() })
     }
 
     /// The datadir this store lives in.
