@@ -350,6 +350,7 @@ pub async fn admit_replicated(
             actual: (hash_seq.len() / 32).to_string(),
         });
     }
+    let t = std::time::Instant::now();
     let mut chunks = Vec::with_capacity(c.chunk_count as usize);
     for h in hash_seq.chunks_exact(32) {
         let bytes = store.get_blob(&BlobHash(h.try_into().expect("32-byte chunk"))).await?;
@@ -374,6 +375,7 @@ pub async fn admit_replicated(
     };
     drop(chunks);
     let records: Vec<CanonicalRecord> = parsed.into_iter().flatten().collect();
+    tracing::debug!(target: "datanet::admission", records = records.len(), read_parse_ms = t.elapsed().as_millis() as u64, "chunks read and parsed");
     check_limits(&manifest, &records)?;
     let packed = pack(&records);
     let checks = [

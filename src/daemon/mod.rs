@@ -927,11 +927,22 @@ async fn fetch_and_admit(
     timeout: Duration,
     source: &str,
 ) -> Result<(), FetchFailure> {
-    net.blobs()
+    let t = Instant::now();
+    let bytes = net
+        .blobs()
         .fetch(signed.body.root, FetchKind::HashSeq, providers, timeout)
         .await
         .map_err(|e| FetchFailure::Fetch(e.to_string()))?;
+    let fetched = t.elapsed();
     admission::admit_replicated(store, signed, source).await.map_err(|e| FetchFailure::Admit(e.to_string()))?;
+    tracing::debug!(
+        target: "datanet::daemon",
+        contribution = %signed.body.id().short(),
+        bytes,
+        fetch_ms = fetched.as_millis() as u64,
+        admit_ms = (t.elapsed() - fetched).as_millis() as u64,
+        "replicated"
+    );
     Ok(())
 }
 

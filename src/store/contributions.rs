@@ -355,11 +355,23 @@ impl Store {
         if let Some(m) = self.contribution_meta(&id)? {
             return Ok(Admitted { id, meta: m });
         }
+        let started = std::time::Instant::now();
         let c = self.classify(&trees, manifest, d, id, records)?;
+        let classified = started.elapsed();
         trees.recs.apply_batch(c.recs)?;
         trees.near.apply_batch(c.near)?;
         trees.sigs.apply_batch(c.sigs)?;
+        let written = started.elapsed();
         self.db.flush_async().await?; // index entries durable before the marker names them
+        tracing::debug!(
+            target: "datanet::store",
+            contribution = %id.short(),
+            records = records.len(),
+            classify_ms = classified.as_millis() as u64,
+            write_ms = (written - classified).as_millis() as u64,
+            flush_ms = (started.elapsed() - written).as_millis() as u64,
+            "indexes written"
+        );
         let (contribs, by_d, meta) = (t(trees::CONTRIBUTIONS)?, t(trees::BY_DATANET)?, t(trees::META)?);
         let admitted_ms = now_ms();
         let result = (&contribs, &trees.metas, &by_d, &meta).transaction(|(contribs, metas, by_d, meta)| {

@@ -77,7 +77,14 @@ impl Store {
     /// Opens (or creates) `<datadir>/db` and `<datadir>/blobs`.
     pub async fn open(datadir: &Path) -> Result<Self, StoreError> {
         let db_path = datadir.join("db");
-        let db = sled::open(&db_path).map_err(|source| StoreError::Open { path: db_path, source })?;
+        // Admission writes index entries in large batches: favour write throughput over file size,
+        // and keep the hot part of the indexes in a cache large enough for a big contribution.
+        let db = sled::Config::new()
+            .path(&db_path)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(256 << 20)
+            .open()
+            .map_err(|source| StoreError::Open { path: db_path, source })?;
         let blob_path = datadir.join("blobs");
         let blobs = FsStore::load(&blob_path)
             .await
