@@ -62,6 +62,9 @@ pub struct NetConfig {
     pub peers_max: u32,
     /// Largest gossip message payload accepted; larger ones are rejected and cost the sender score.
     pub gossip_message_bytes_max: u32,
+    /// Largest epoch-topic message accepted (proposals carry report sets and input lists, so this
+    /// is larger than `gossip_message_bytes_max`; at most the protocol's 4 MiB cap).
+    pub epoch_message_bytes_max: u32,
     /// Gossipsub heartbeat.
     pub gossip_heartbeat_ms: u64,
     /// Gossipsub target mesh degree (low and high bounds are derived from it).
@@ -96,6 +99,7 @@ impl Default for NetConfig {
             public: false,
             peers_max: 64,
             gossip_message_bytes_max: 64 * 1024,
+            epoch_message_bytes_max: crate::attribution::epoch::messages::EPOCH_MESSAGE_BYTES_MAX as u32,
             gossip_heartbeat_ms: 500,
             gossip_mesh_n: 6,
             fetch_in_flight_max: 8,
@@ -221,6 +225,7 @@ impl Config {
         let positive = [
             ("net.peers_max", n.peers_max as u64),
             ("net.gossip_message_bytes_max", n.gossip_message_bytes_max as u64),
+            ("net.epoch_message_bytes_max", n.epoch_message_bytes_max as u64),
             ("net.gossip_heartbeat_ms", n.gossip_heartbeat_ms),
             ("net.gossip_mesh_n", n.gossip_mesh_n as u64),
             ("net.fetch_in_flight_max", n.fetch_in_flight_max as u64),
@@ -239,6 +244,10 @@ impl Config {
         }
         if n.gossip_message_bytes_max > 1024 * 1024 {
             return Err(invalid("net.gossip_message_bytes_max", "must be at most 1048576 (1 MiB)"));
+        }
+        let epoch_cap = crate::attribution::epoch::messages::EPOCH_MESSAGE_BYTES_MAX;
+        if n.epoch_message_bytes_max as usize > epoch_cap {
+            return Err(invalid("net.epoch_message_bytes_max", format!("must be at most {epoch_cap} (4 MiB)")));
         }
         if n.reconnect_backoff_max_ms < n.reconnect_backoff_min_ms {
             return Err(invalid("net.reconnect_backoff_max_ms", "must be at least net.reconnect_backoff_min_ms"));
@@ -324,6 +333,8 @@ mod tests {
             ("[net]\niroh_bind = \"nowhere\"", "net.iroh_bind"),
             ("[api]\nbind = \"0.0.0.0:80\"", "api.bind"),
             ("[net]\nreconnect_backoff_min_ms = 10\nreconnect_backoff_max_ms = 5", "net.reconnect_backoff_max_ms"),
+            ("[net]\nepoch_message_bytes_max = 4194305", "net.epoch_message_bytes_max"),
+            ("[net]\nepoch_message_bytes_max = 0", "net.epoch_message_bytes_max"),
         ];
         for (text, key) in cases {
             let e = Config::from_toml(text, Path::new("x.toml")).unwrap().validate().unwrap_err().to_string();

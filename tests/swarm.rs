@@ -262,6 +262,14 @@ async fn hostile_gossip_is_rejected_and_scored() {
         hostile_score(&victim.h().peers().await, hostile.h()) < 0.0
     })
     .await;
+    // The epoch topic carries messages far above the contributions limit (proposals with report
+    // sets): a 1 MiB one is delivered to the daemon (and rejected there as malformed).
+    let epochs_before = vm.epoch_messages.load(Ordering::Relaxed);
+    hn.publish(d, TopicKind::Epochs, vec![9u8; 1 << 20]).await.unwrap();
+    wait_until("large epoch message delivered", WAIT, || async {
+        vm.epoch_messages.load(Ordering::Relaxed) > epochs_before
+    })
+    .await;
     let metrics = victim.h().render_metrics();
     assert!(metrics.contains("datanet_gossip_rejected_total{reason=\"bad_signature\"} 1"), "{metrics}");
     assert_eq!(victim.contributions(&d).await, 0);

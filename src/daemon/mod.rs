@@ -577,7 +577,7 @@ impl DaemonActor {
     /// The seam for epoch agreement: validated here, then handed to the state machine.
     async fn on_epoch_message(&mut self, datanet: DatanetId, data: &[u8]) -> MessageAcceptance {
         DaemonMetrics::inc(&self.metrics.epoch_messages);
-        if data.len() > self.cfg.net.gossip_message_bytes_max as usize {
+        if data.len() > self.cfg.net.epoch_message_bytes_max as usize {
             self.metrics.reject(RejectReason::Oversize);
             return MessageAcceptance::Reject;
         }

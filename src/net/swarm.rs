@@ -260,9 +260,11 @@ fn gossip_behaviour(key: &libp2p::identity::Keypair, cfg: &NetConfig) -> Result<
         .gossip_lazy(mesh_n)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
-        // Room for the envelope (signature, key, topic) around the payload; the payload bound
-        // itself is checked by the daemon so that oversize messages are Rejected and scored.
-        .max_transmit_size(cfg.gossip_message_bytes_max as usize + 4096)
+        // Room for the envelope (signature, key, topic) around the largest payload of any topic
+        // (epoch proposals); each topic's own bound is checked by the daemon so that oversize
+        // messages are Rejected and scored. Topics are joined at run time, so gossipsub's
+        // per-topic limits (fixed when the behaviour is built) cannot carry them.
+        .max_transmit_size(cfg.gossip_message_bytes_max.max(cfg.epoch_message_bytes_max) as usize + 4096)
         .message_id_fn(|m: &gossipsub::Message| MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
         .build()
         .map_err(|e| NetError::Gossip(e.to_string()))?;
