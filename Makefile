@@ -88,10 +88,13 @@ bench-train: release
 	$(DATANET_PYTHON) benches/train_peft.py $(BENCH_TRAIN_DIR)
 
 # Each fuzz target runs FUZZ_SECONDS (default 300). cargo-fuzz is installed on first use; the
-# stable toolchain is used with RUSTC_BOOTSTRAP for the sanitizer flags.
+# stable toolchain is used with RUSTC_BOOTSTRAP for the sanitizer flags. The fuzz binaries are
+# another package (no rpath from build.rs), so torch/lib goes on LD_LIBRARY_PATH.
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_envelopes decode_manifest decode_epoch decode_certificates decode_proofs admit_records
 fuzz: setup
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	export LD_LIBRARY_PATH="$$($(DATANET_PYTHON) -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"; \
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; done
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
+			-print_final_stats=1 || exit 1; done
