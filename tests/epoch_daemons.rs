@@ -180,6 +180,20 @@ async fn four_daemons_attest_one_epoch() {
         assert_eq!(v.hash(), a.hash());
     }
 
+    // `datanet rewards` works while the daemon holds the store: it asks the API, and the totals
+    // are the attestation's credit leaves.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_datanet"))
+        .arg("--datadir")
+        .arg(&dirs[1])
+        .args(["rewards", &d.to_hex(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rewards while running: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["head_epoch"], 1);
+    let total: u64 = v["contributors"].as_array().unwrap().iter().map(|c| c["reward"].as_u64().unwrap()).sum();
+    assert_eq!(total, a.leaves.iter().map(|l| l.reward).sum::<u64>());
+
     for x in daemons {
         tokio::time::timeout(WAIT, x.shutdown()).await.expect("shutdown timed out");
     }

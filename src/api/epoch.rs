@@ -1,7 +1,8 @@
 //! Epoch routes of the local API: `POST /api/v1/epoch/run` (body [`EpochRunRequest`]) starts the
 //! next epoch of a Datanet at this peer; `GET /api/v1/epoch/status` lists every joined Datanet's
 //! running epoch and ledger head; `GET /api/v1/epoch/attestation?datanet=D[&epoch=N]` returns an
-//! attested epoch's canonical bytes (hex), for `datanet attestation export` while the daemon runs.
+//! attested epoch's canonical bytes (hex), for `datanet attestation export` while the daemon runs;
+//! `GET /api/v1/rewards?datanet=D` the ledger's totals, for `datanet rewards` while it runs.
 
 use crate::cli::epoch::EpochRunRequest;
 use crate::daemon::DaemonHandle;
@@ -18,6 +19,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(daemon: DaemonHandle) -> Router<
         .route("/api/v1/epoch/run", post(run))
         .route("/api/v1/epoch/status", get(status))
         .route("/api/v1/epoch/attestation", get(attestation))
+        .route("/api/v1/rewards", get(rewards))
         .with_state(daemon)
 }
 
@@ -49,6 +51,19 @@ pub struct AttestationQuery {
 async fn attestation(State(d): State<DaemonHandle>, Query(q): Query<AttestationQuery>) -> Response {
     match d.epoch_attestation(&q.datanet, q.epoch).await {
         Ok((epoch, bytes)) => Json(serde_json::json!({"epoch": epoch, "hex": hex::encode(bytes)})).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+/// Query of `GET /api/v1/rewards`.
+#[derive(Debug, Deserialize)]
+pub struct RewardsQuery {
+    pub datanet: String,
+}
+
+async fn rewards(State(d): State<DaemonHandle>, Query(q): Query<RewardsQuery>) -> Response {
+    match d.rewards(&q.datanet).await {
+        Ok(r) => Json(r).into_response(),
         Err(e) => error(StatusCode::NOT_FOUND, e),
     }
 }

@@ -108,7 +108,7 @@ async fn export(g: &Global, datanet: &str, epoch: Option<u64>) -> anyhow::Result
     r
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -2,7 +2,7 @@
 
 use super::Global;
 use crate::store::Store;
-use crate::store::ledger::Ledger;
+use crate::store::ledger::{Ledger, RewardsReport};
 use anyhow::Context;
 use clap::Args;
 
@@ -13,51 +13,53 @@ pub struct RewardsArgs {
     pub datanet: String,
 }
 
-/// Prints the ledger's totals for a Datanet.
+/// The report from the running daemon (API) or, without one, from the store.
+async fn report(g: &Global, datanet: &str) -> anyhow::Result<RewardsReport> {
+    if let Some(c) = super::node::running_daemon(g).await {
+        return c.get(&format!("/api/v1/rewards?datanet={}", super::attestation::urlencode(datanet))).await;
+    }
+    let store =
+        Store::open(&g.datadir()).await.with_context(|| format!("opening the store in {}", g.datadir().display()))?;
+    let r = (|| {
+        let (id, _) = store.resolve_datanet(datanet)?.with_context(|| format!("no Datanet {datanet} here"))?;
+        Ok(Ledger::open(store.db()).report(&id)?)
+    })();
+    store.close().await?;
+    r
+}
+
+/// Prints the ledger's totals for a Datanet (through the daemon when one runs on this datadir).
 pub async fn run(args: RewardsArgs, g: &Global) -> anyhow::Result<()> {
-    let store = Store::open(&g.datadir())
-        .await
-        .with_context(|| format!("opening the store in {} (stop a daemon using it first)", g.datadir().display()))?;
-    let (id, _) = store.resolve_datanet(&args.datanet)?.with_context(|| format!("no Datanet {} here", args.datanet))?;
-    let ledger = Ledger::open(store.db());
-    let totals = ledger.totals(&id)?;
-    let head = ledger.head(&id)?;
-    let standing = ledger.standing(&id)?;
+    let r = report(g, &args.datanet).await?;
     if g.json {
-        let rows: Vec<_> = totals
-            .iter()
-            .map(|t| serde_json::json!({"contributor": t.contributor.to_hex(), "credit": t.credit.to_string(), "reward": t.reward.to_string(), "epochs": t.epochs}))
-            .collect();
         // The same rows with u64 numbers (saturating), for scripts: `contributors[].reward`.
-        let contributors: Vec<_> = totals
+        let sat = |s: &str| s.parse::<u128>().map(|v| u64::try_from(v).unwrap_or(u64::MAX)).unwrap_or(0);
+        let contributors: Vec<_> = r
+            .totals
             .iter()
-            .map(|t| serde_json::json!({"contributor": t.contributor.to_hex(), "credit": u64::try_from(t.credit).unwrap_or(u64::MAX), "reward": u64::try_from(t.reward).unwrap_or(u64::MAX), "epochs": t.epochs}))
+            .map(|t| serde_json::json!({"contributor": t.contributor, "credit": sat(&t.credit), "reward": sat(&t.reward), "epochs": t.epochs}))
             .collect();
-        let flagged: Vec<_> =
-            standing.iter().map(|(k, n)| serde_json::json!({"reporter": k.to_hex(), "flagged": n})).collect();
-        println!(
-            "{}",
-            serde_json::json!({"datanet": id.to_hex(), "head_epoch": head.map(|h| h.epoch), "head_hash": head.map(|h| hex::encode(h.hash)), "totals": rows, "contributors": contributors, "standing": flagged})
-        );
-        store.close().await?;
+        let mut v = serde_json::to_value(&r)?;
+        v["contributors"] = serde_json::Value::Array(contributors);
+        println!("{v}");
         return Ok(());
     }
-    match head {
-        None => println!("Datanet {}: no attested epoch yet", id.short()),
-        Some(h) => {
-            println!("Datanet {}: attested up to epoch {} (head {})", id.short(), h.epoch, hex::encode(&h.hash[..8]))
+    let short = |h: &str| h.get(..8).unwrap_or(h).to_string();
+    match (r.head_epoch, &r.head_hash) {
+        (Some(e), Some(h)) => {
+            println!("Datanet {}: attested up to epoch {e} (head {})", short(&r.datanet), &h[..16.min(h.len())])
         }
+        _ => println!("Datanet {}: no attested epoch yet", short(&r.datanet)),
     }
     println!("{:<66} {:>20} {:>14} {:>7}", "contributor", "credit", "reward", "epochs");
-    for t in &totals {
-        println!("{:<66} {:>20} {:>14} {:>7}", t.contributor.to_hex(), t.credit, t.reward, t.epochs);
+    for t in &r.totals {
+        println!("{:<66} {:>20} {:>14} {:>7}", t.contributor, t.credit, t.reward, t.epochs);
     }
-    if !standing.is_empty() {
+    if !r.standing.is_empty() {
         println!("reports flagged far from the median (lost standing):");
-        for (k, n) in standing {
-            println!("  {} {n}", k.short());
+        for s in &r.standing {
+            println!("  {} {}", short(&s.reporter), s.flagged);
         }
     }
-    store.close().await?;
     Ok(())
 }

@@ -32,7 +32,7 @@ use crate::net::blobs::FetchKind;
 use crate::net::{NetHandle, TopicKind};
 use crate::store::Store;
 use crate::store::contributions::AdmittedRecord;
-use crate::store::ledger::{self, Ledger};
+use crate::store::ledger::{self, Ledger, RewardsReport};
 use crate::trainer::utility::{UtilityJob, UtilityOptions};
 use libp2p::gossipsub::MessageAcceptance;
 use serde::{Deserialize, Serialize};
@@ -142,6 +142,7 @@ pub(super) enum EpochCommand {
     Run { datanet: String, reply: oneshot::Sender<Result<EpochRunReply, String>> },
     Status(oneshot::Sender<Vec<DatanetEpochs>>),
     Attestation { datanet: String, epoch: Option<u64>, reply: oneshot::Sender<Result<(u64, Vec<u8>), String>> },
+    Rewards { datanet: String, reply: oneshot::Sender<Result<RewardsReport, String>> },
 }
 
 /// Results of the driver's tasks.
@@ -203,6 +204,14 @@ impl DaemonHandle {
     }
 
     /// The canonical bytes of an attestation in this peer's ledger (`epoch`: default the head).
+    /// The ledger's [`RewardsReport`] for a Datanet.
+    pub async fn rewards(&self, datanet: &str) -> Result<RewardsReport, String> {
+        let datanet = datanet.to_string();
+        self.ask(|reply| super::Command::Epoch(EpochCommand::Rewards { datanet, reply }))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
     pub async fn epoch_attestation(&self, datanet: &str, epoch: Option<u64>) -> Result<(u64, Vec<u8>), String> {
         let datanet = datanet.to_string();
         self.ask(|reply| super::Command::Epoch(EpochCommand::Attestation { datanet, epoch, reply }))
@@ -223,6 +232,9 @@ impl DaemonActor {
             }
             EpochCommand::Attestation { datanet, epoch, reply } => {
                 let _ = reply.send(self.epoch_attestation(&datanet, epoch));
+            }
+            EpochCommand::Rewards { datanet, reply } => {
+                let _ = reply.send(self.rewards(&datanet));
             }
         }
     }
@@ -280,6 +292,15 @@ impl DaemonActor {
         out
     }
 
+    fn rewards(&self, datanet: &str) -> Result<RewardsReport, String> {
+        let (d, _) = self
+            .store
+            .resolve_datanet(datanet)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("datanet `{datanet}` is not known here"))?;
+        Ledger::open(self.store.db()).report(&d).map_err(|e| e.to_string())
+    }
+
     fn epoch_attestation(&self, datanet: &str, epoch: Option<u64>) -> Result<(u64, Vec<u8>), String> {
         let (d, _) = self
             .store
@@ -330,6 +351,24 @@ impl DaemonActor {
         self.epochs.running.insert(d, Running { machine, planned: None, jobs: Vec::new(), training: false });
         self.epoch_apply(d, actions).await;
         Ok(())
+    }
+
+    /// Resumes, at start, the epoch this peer had started or joined when it stopped: a snapshot
+    /// of the ledger's next epoch is kept only for that. Without this, a member that crashed
+    /// right after starting an epoch (its first messages not yet sent) would leave it running
+    /// nowhere, and one that crashed later would stay silent until it heard from the others.
+    pub(super) async fn epoch_resume(&mut self, d: DatanetId) {
+        if self.epochs.running.contains_key(&d) {
+            return;
+        }
+        let Ok(next) = self.next_epoch(&d) else { return };
+        if !matches!(Ledger::open(self.store.db()).snapshot(&d, next), Ok(Some(_))) {
+            return;
+        }
+        match self.epoch_create(d, next).await {
+            Ok(()) => tracing::info!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch = next, "resumed after a restart"),
+            Err(e) => self.epoch_error(d, format!("epoch {next}: not resumed: {e}")),
+        }
     }
 
     /// The seam for epoch agreement: gossip bytes on `datanet/<id>/epochs`.

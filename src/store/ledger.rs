@@ -46,6 +46,33 @@ pub struct ContributorTotal {
     pub epochs: u32,
 }
 
+/// A Datanet's ledger as `datanet rewards` shows it (and the daemon's API serves it): the head,
+/// every contributor's totals (u128 as decimal strings), and reporters who lost standing.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RewardsReport {
+    pub datanet: String,
+    pub head_epoch: Option<u64>,
+    pub head_hash: Option<String>,
+    pub totals: Vec<TotalRow>,
+    pub standing: Vec<StandingRow>,
+}
+
+/// One contributor's line of a [`RewardsReport`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TotalRow {
+    pub contributor: String,
+    pub credit: String,
+    pub reward: String,
+    pub epochs: u32,
+}
+
+/// A reporter flagged far from the median, and how often.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StandingRow {
+    pub reporter: String,
+    pub flagged: u64,
+}
+
 /// The chain head of a Datanet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {
@@ -213,6 +240,31 @@ impl Ledger {
             }
         }
         Ok(out)
+    }
+
+    /// The whole [`RewardsReport`] of a Datanet.
+    pub fn report(&self, datanet: &DatanetId) -> Result<RewardsReport, LedgerError> {
+        let head = self.head(datanet)?;
+        Ok(RewardsReport {
+            datanet: datanet.to_hex(),
+            head_epoch: head.map(|h| h.epoch),
+            head_hash: head.map(|h| hex::encode(h.hash)),
+            totals: self
+                .totals(datanet)?
+                .into_iter()
+                .map(|t| TotalRow {
+                    contributor: t.contributor.to_hex(),
+                    credit: t.credit.to_string(),
+                    reward: t.reward.to_string(),
+                    epochs: t.epochs,
+                })
+                .collect(),
+            standing: self
+                .standing(datanet)?
+                .into_iter()
+                .map(|(k, n)| StandingRow { reporter: k.to_hex(), flagged: n })
+                .collect(),
+        })
     }
 
     /// Flagged reports per reporter summed over epochs (lost standing), sorted by key.

@@ -310,7 +310,7 @@ async fn step(
             running.sort();
         }
         "check" => {
-            // Reads the peer's ledger: the peer must be stopped (`down` or `stop` first).
+            // The peer's ledger: through its API while it runs, from its store once stopped.
             eprint!("{}", datanet_cmd(peer, &["rewards", name])?);
             let out = datanet_cmd(peer, &["rewards", name, "--json"])?;
             let v: serde_json::Value = serde_json::from_str(&out).context("rewards --json")?;
