@@ -11,8 +11,8 @@
 //!    statistics of the public evaluation set at scale 2^16; text: hashed character 3-gram bag,
 //!    L2-normalized in fixed point).
 //! 2. [`plan`]: near-duplicate clusters keep only their canonical record; [`screen`] computes exact
-//!    KNN-Shapley values against the public evaluation set and excludes the low tail (reported per
-//!    contributor); [`units`] forms content units by seeded integer k-means; each unit's contributor
+//!    KNN-Shapley values against the public evaluation set, adds each record's label agreement with
+//!    its nearest contributed records, and excludes the low tail (reported per contributor); [`units`] forms content units by seeded integer k-means; each unit's contributor
 //!    shares count the canonical records each contributor supplied first; [`jobs`] draws the
 //!    coalitions from the epoch seed. The result is an [`EpochPlan`].
 //! 3. Someone measures each job: [`EpochPlan::job_records`] names the records a job trains on (at
@@ -78,8 +78,11 @@ pub struct EpochParams {
     pub kmeans_iterations: u32,
     /// K of the KNN-Shapley screen.
     pub screen_k: u32,
-    /// Evaluation points the screen uses at most (the first in hash order).
+    /// Evaluation points the screen uses at most (the first in canonical order).
     pub screen_eval_max: u32,
+    /// Contributed records the screen's label-agreement term looks for neighbours among, at most
+    /// (the first canonical records in hash order); 0 leaves KNN-Shapley alone.
+    pub screen_pool_max: u32,
     /// Largest fraction of records the screen may exclude, in ppm.
     pub screen_tail_max_ppm: u32,
     /// Records per unit a job trains on at most (from the recipe).
@@ -115,6 +118,7 @@ impl EpochParams {
             kmeans_iterations: 10,
             screen_k: 10,
             screen_eval_max: 500,
+            screen_pool_max: 500,
             screen_tail_max_ppm: 300_000,
             records_per_unit_max: 64,
             pool: 1_000_000,
@@ -191,7 +195,8 @@ pub struct EpochPlan {
     pub coalitions: Vec<Vec<bool>>,
     /// Sorted by key: every contributor of the input set.
     pub contributors: Vec<ContributorSummary>,
-    /// KNN-Shapley value (scale 2^40) of every canonical record, sorted by hash.
+    /// Screen score (scale 2^40: normalized KNN-Shapley plus label agreement, see
+    /// [`screen::screen_values`]) of every canonical record, sorted by hash.
     pub record_values: Vec<(RecordHash, i64)>,
     /// Records the screen excluded, sorted.
     pub screened: Vec<RecordHash>,
@@ -259,12 +264,14 @@ pub fn plan(
     let canonical: Vec<&InputRecord> =
         recs.iter().copied().filter(|r| r.cluster == r.hash || !present(&r.cluster)).collect();
 
-    // Screen: exact KNN-Shapley against the first `screen_eval_max` eval points in canonical order.
+    // Screen: exact KNN-Shapley against the first `screen_eval_max` eval points in canonical order,
+    // normalized, plus label agreement with the K nearest of the first `screen_pool_max` records.
     let mut eval_sorted: Vec<&Embedding> = eval.iter().collect();
     eval_sorted.sort_by(|a, b| (&a.features, a.label).cmp(&(&b.features, b.label)));
     eval_sorted.truncate(params.screen_eval_max as usize);
     let train: Vec<&Embedding> = canonical.iter().map(|r| &r.embedding).collect();
-    let values = screen::knn_shapley(&train, &eval_sorted, params.screen_k);
+    let pool: Vec<usize> = (0..train.len().min(params.screen_pool_max as usize)).collect();
+    let values = screen::screen_values(&train, &eval_sorted, &pool, params.screen_k);
     let excluded = screen::low_tail(&values, params.screen_tail_max_ppm);
     let record_values: Vec<(RecordHash, i64)> = canonical.iter().zip(&values).map(|(r, &v)| (r.hash, v)).collect();
     let screened: Vec<RecordHash> = canonical.iter().zip(&excluded).filter(|(_, x)| **x).map(|(r, _)| r.hash).collect();

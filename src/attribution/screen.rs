@@ -6,6 +6,11 @@
 //! the records by distance to each evaluation point and run one recursion from the farthest to the
 //! nearest. Distances are exact integers and ties go to the lower record index (records are in hash
 //! order), so the values are identical everywhere. Values have scale 2^[`VALUE_BITS`].
+//!
+//! The screen's score ([`screen_values`]) adds to the normalized KNN-Shapley value a bounded label
+//! agreement term: how many of a record's K nearest contributed records (a deterministic sample,
+//! never itself) share its label. The excluded low tail is the negative scores in the low group of
+//! a two-means split of all scores ([`low_tail`]).
 
 use super::features::Embedding;
 
@@ -19,24 +24,90 @@ pub fn knn_shapley(train: &[&Embedding], test: &[&Embedding], k: u32) -> Vec<i64
     if n == 0 || test.is_empty() {
         return vec![0; n];
     }
-    let k = k.max(1) as i128;
-    let one: i128 = 1 << VALUE_BITS;
-    let mut order: Vec<(i64, usize)> = Vec::with_capacity(n);
+    let mut order = Vec::with_capacity(n);
     for t in test {
-        order.clear();
-        order.extend(train.iter().enumerate().map(|(i, e)| (e.distance2(t), i)));
-        order.sort_unstable();
-        let hit = |pos: usize| i128::from(train[order[pos].1].label == t.label);
-        let mut s = hit(n - 1) * one / n as i128;
-        acc[order[n - 1].1] += s;
-        for pos in (0..n - 1).rev() {
-            let i = pos as i128 + 1; // 1-based rank
-            let num = (hit(pos) - hit(pos + 1)) * one * k.min(i);
-            s += num.div_euclid(k * i);
-            acc[order[pos].1] += s;
-        }
+        accumulate(train, t, None, k, &mut order, &mut acc);
     }
     acc.iter().map(|a| a.div_euclid(test.len() as i128) as i64).collect()
+}
+
+/// For each of `train`, how many of its `k` nearest records among `pool` (indices into `train`;
+/// never itself) share its label, and how many neighbours that was (k, or fewer in a small pool).
+/// Ties in distance go to the lower index.
+pub fn label_agreement(train: &[&Embedding], pool: &[usize], k: u32) -> Vec<(u32, u32)> {
+    let k = k.max(1) as usize;
+    let mut near: Vec<(i64, usize)> = Vec::with_capacity(pool.len());
+    train
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            near.clear();
+            near.extend(pool.iter().filter(|&&p| p != i).map(|&p| (train[p].distance2(r), p)));
+            let kk = k.min(near.len());
+            if kk == 0 {
+                return (0, 0);
+            }
+            if kk < near.len() {
+                near.select_nth_unstable(kk - 1);
+            }
+            let same = near[..kk].iter().filter(|&&(_, p)| train[p].label == r.label).count();
+            (same as u32, kk as u32)
+        })
+        .collect()
+}
+
+/// The screen's score of each record (scale 2^40): its KNN-Shapley value against the public
+/// evaluation set divided by the mean absolute value over all records, plus its label agreement
+/// with its `k` nearest records of `pool` mapped to [−1, 1] (2·same/k − 1). Both terms are
+/// dimensionless and of order 1, so neither dominates by its units. KNN-Shapley alone is sparse
+/// — the evaluation set is small, so most records have no evaluation point among their neighbours
+/// and score near 0 whatever their label — and long-tailed on the positive side, which drags a
+/// two-means split away from the mislabeled; the agreement term is bounded and two-humped (a
+/// flipped label disagrees with most of its neighbourhood), so the sum splits cleanly.
+pub fn screen_values(train: &[&Embedding], eval: &[&Embedding], pool: &[usize], k: u32) -> Vec<i64> {
+    let e = knn_shapley(train, eval, k);
+    let agree = label_agreement(train, pool, k);
+    let one: i128 = 1 << VALUE_BITS;
+    let mean_abs = (e.iter().map(|&v| (v as i128).abs()).sum::<i128>() / e.len().max(1) as i128).max(1);
+    e.iter()
+        .zip(&agree)
+        .map(|(&v, &(same, kk))| {
+            let knn = v as i128 * one / mean_abs;
+            let agreement = if kk == 0 { 0 } else { (2 * same as i128 - kk as i128) * one / kk as i128 };
+            (knn + agreement).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+        })
+        .collect()
+}
+
+/// Adds test point `t`'s KNN-Shapley values (scale 2^40) to `acc`, skipping record `exclude`.
+/// Neighbours are ordered by exact integer distance, ties by the lower index, so the result is
+/// identical everywhere.
+fn accumulate(
+    train: &[&Embedding],
+    t: &Embedding,
+    exclude: Option<usize>,
+    k: u32,
+    order: &mut Vec<(i64, usize)>,
+    acc: &mut [i128],
+) {
+    order.clear();
+    order.extend(train.iter().enumerate().filter(|(i, _)| Some(*i) != exclude).map(|(i, e)| (e.distance2(t), i)));
+    let n = order.len();
+    if n == 0 {
+        return;
+    }
+    order.sort_unstable();
+    let k = k.max(1) as i128;
+    let one: i128 = 1 << VALUE_BITS;
+    let hit = |pos: usize| i128::from(train[order[pos].1].label == t.label);
+    let mut s = hit(n - 1) * one / n as i128;
+    acc[order[n - 1].1] += s;
+    for pos in (0..n - 1).rev() {
+        let i = pos as i128 + 1; // 1-based rank
+        let num = (hit(pos) - hit(pos + 1)) * one * k.min(i);
+        s += num.div_euclid(k * i);
+        acc[order[pos].1] += s;
+    }
 }
 
 /// Which records the screen excludes: a negative value in the low group of a deterministic
@@ -109,6 +180,26 @@ mod tests {
         assert!(v.iter().enumerate().all(|(i, &x)| i == 1 || x >= 0), "{v:?}");
         let tail = low_tail(&v, 500_000);
         assert_eq!(tail, vec![false, true, false, false, false, false]);
+    }
+
+    // A flipped record among correctly labelled neighbours disagrees with them and scores lowest;
+    // a record is never its own neighbour.
+    #[test]
+    fn agreement_flags_a_flip() {
+        let train = [e(0, 0), e(1, 0), e(2, 1), e(3, 0), e(50, 1), e(51, 1), e(52, 1)];
+        let tr: Vec<&Embedding> = train.iter().collect();
+        let all: Vec<usize> = (0..train.len()).collect();
+        let a = label_agreement(&tr, &all, 2);
+        assert_eq!(a[2], (0, 2));
+        assert_eq!(a[0], (1, 2)); // neighbours 1 (same) and 2 (flipped)
+        assert_eq!(a[5], (2, 2));
+        assert_eq!(label_agreement(&tr[..1], &[0], 2), vec![(0, 0)]);
+        let te = [e(1, 0), e(51, 1)];
+        let te: Vec<&Embedding> = te.iter().collect();
+        let v = screen_values(&tr, &te, &all, 2);
+        let lowest = (0..v.len()).min_by_key(|&i| v[i]).unwrap();
+        assert_eq!(lowest, 2, "{v:?}");
+        assert!(v[2] < 0 && v[5] > 0, "{v:?}");
     }
 
     // Values sum to the K-NN utility on the full set (efficiency), up to fixed-point flooring.

@@ -43,6 +43,16 @@ pub struct AttributeArgs {
 /// produce the same coalition reuse them.
 pub type UtilityCache = HashMap<[u8; 32], i64>;
 
+/// The [`UtilityCache`] key of training `hashes` (in order) with `seed`.
+pub fn cache_key(seed: u64, hashes: &[RecordHash]) -> [u8; 32] {
+    let mut key = blake3::Hasher::new();
+    key.update(&seed.to_le_bytes());
+    for h in hashes {
+        key.update(h.as_bytes());
+    }
+    *key.finalize().as_bytes()
+}
+
 /// An epoch measured and scored.
 pub struct Measured {
     pub plan: EpochPlan,
@@ -84,12 +94,7 @@ pub fn measure(
     let seed = attribution::jobs::training_seed(epoch_seed, recipe_seed);
     for j in 0..plan.job_count() {
         let hashes = plan.job_records(j).expect("job in range");
-        let mut key = blake3::Hasher::new();
-        key.update(&seed.to_le_bytes());
-        for h in &hashes {
-            key.update(h.as_bytes());
-        }
-        let key = *key.finalize().as_bytes();
+        let key = cache_key(seed, &hashes);
         let u = match cache.get(&key) {
             Some(u) => *u,
             None => {
