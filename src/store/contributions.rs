@@ -133,8 +133,8 @@ fn classify_near(
     let NearParts { keys, sig } = parts;
     // Score every candidate; the most similar wins, ties to the smaller hash.
     let mut best: Option<(u64, std::cmp::Reverse<RecordHash>)> = None;
-    for k in &keys {
-        let Some(c) = idx.get(k) else { continue };
+    let hits: Vec<Option<RecordHash>> = keys.iter().map(|k| idx.get(k)).collect();
+    for c in hits.iter().flatten().copied() {
         let Some(other) = idx.signature(&c) else { continue };
         let score = match manifest.task {
             TaskKind::Tabular { .. } => {
@@ -161,8 +161,8 @@ fn classify_near(
     if let Some((_, std::cmp::Reverse(c))) = best {
         return Some(c);
     }
-    for k in keys {
-        if idx.get(&k).is_none() {
+    for (k, hit) in keys.into_iter().zip(hits) {
+        if hit.is_none() {
             idx.put(k, rec);
         }
     }
