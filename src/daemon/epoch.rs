@@ -22,7 +22,7 @@
 
 use super::{DaemonActor, DaemonError, DaemonHandle, Internal};
 use crate::admission;
-use crate::attribution::epoch::{Action, EpochConfig, EpochMachine, EpochMessage, EpochStatus, Timing};
+use crate::attribution::epoch::{Action, EpochConfig, EpochMachine, EpochMessage, EpochStatus, Snapshot, Timing};
 use crate::attribution::features::Featurizer;
 use crate::attribution::{self, EpochParams, EpochPlan, InputRecord};
 use crate::codec;
@@ -266,6 +266,12 @@ impl DaemonActor {
         }
         let epoch = self.next_epoch(&d)?;
         self.epoch_create(d, epoch).await?;
+        // Durable before the reply says "started": a crash before the machine persisted or sent
+        // anything must not lose the epoch ([`DaemonActor::epoch_resume`] picks it up again).
+        let ledger = Ledger::open(self.store.db());
+        if ledger.snapshot(&d, epoch).map_err(|e| e.to_string())?.is_none() {
+            ledger.save_snapshot(&d, epoch, &Snapshot::default()).map_err(|e| e.to_string())?;
+        }
         let status = self.epochs.running[&d].machine.status();
         tracing::info!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch, "epoch started here");
         Ok(EpochRunReply { datanet: d.to_hex(), epoch, started: true, status })
@@ -366,7 +372,9 @@ impl DaemonActor {
             return;
         }
         match self.epoch_create(d, next).await {
-            Ok(()) => tracing::info!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch = next, "resumed after a restart"),
+            Ok(()) => {
+                tracing::info!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch = next, "resumed after a restart")
+            }
             Err(e) => self.epoch_error(d, format!("epoch {next}: not resumed: {e}")),
         }
     }

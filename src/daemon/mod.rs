@@ -447,6 +447,7 @@ impl DaemonActor {
             ids.sort();
             let _ = std::fs::write(self.datadir.join(JOINED_FILE), ids.join("\n") + "\n");
             tracing::info!(target: "datanet::daemon", datanet = %id.short(), "joined");
+            self.epoch_resume(id).await;
         }
         Ok(id)
     }
