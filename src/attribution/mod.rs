@@ -272,7 +272,10 @@ pub fn plan(
     let train: Vec<&Embedding> = canonical.iter().map(|r| &r.embedding).collect();
     let pool: Vec<usize> = (0..train.len().min(params.screen_pool_max as usize)).collect();
     let values = screen::screen_values(&train, &eval_sorted, &pool, params.screen_k);
-    let excluded = screen::low_tail(&values, params.screen_tail_max_ppm);
+    let mut excluded = screen::low_tail(&values, params.screen_tail_max_ppm);
+    for (x, outside) in excluded.iter_mut().zip(screen::out_of_support(&train, &eval_sorted)) {
+        *x |= outside;
+    }
     let record_values: Vec<(RecordHash, i64)> = canonical.iter().zip(&values).map(|(r, &v)| (r.hash, v)).collect();
     let screened: Vec<RecordHash> = canonical.iter().zip(&excluded).filter(|(_, x)| **x).map(|(r, _)| r.hash).collect();
     let kept: Vec<&InputRecord> = canonical.iter().zip(&excluded).filter(|(_, x)| !**x).map(|(r, _)| *r).collect();

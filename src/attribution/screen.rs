@@ -10,7 +10,9 @@
 //! The screen's score ([`screen_values`]) adds to the normalized KNN-Shapley value a bounded label
 //! agreement term: how many of a record's K nearest contributed records (a deterministic sample,
 //! never itself) share its label. The excluded low tail is the negative scores in the low group of
-//! a two-means split of all scores ([`low_tail`]).
+//! a two-means split of all scores ([`low_tail`]), plus every record outside the support of the
+//! evaluation set ([`out_of_support`]: crafted outliers, which would otherwise be paid for
+//! stopping the adapter from learning anything).
 
 use super::features::Embedding;
 
@@ -110,6 +112,23 @@ fn accumulate(
     }
 }
 
+/// Records outside the support the evaluation suite measures: farther from every evaluation point
+/// than the most isolated evaluation point is from its nearest other one. Crafted outliers land
+/// here; so does nothing an honest contributor could be paid for, since no evaluation point is near
+/// it. Fewer than two evaluation points flag nothing.
+pub fn out_of_support(train: &[&Embedding], eval: &[&Embedding]) -> Vec<bool> {
+    if eval.len() < 2 {
+        return vec![false; train.len()];
+    }
+    let reach = eval
+        .iter()
+        .enumerate()
+        .map(|(i, e)| eval.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, f)| e.distance2(f)).min().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    train.iter().map(|r| eval.iter().all(|e| r.distance2(e) > reach)).collect()
+}
+
 /// Which records the screen excludes: a negative value in the low group of a deterministic
 /// one-dimensional two-means split of all values, at most `tail_max_ppm` of the records (lowest
 /// first, ties by index). Returns a flag per record.
@@ -200,6 +219,18 @@ mod tests {
         let lowest = (0..v.len()).min_by_key(|&i| v[i]).unwrap();
         assert_eq!(lowest, 2, "{v:?}");
         assert!(v[2] < 0 && v[5] > 0, "{v:?}");
+    }
+
+    // A record far beyond the evaluation points is out of support; one between them is not.
+    #[test]
+    fn out_of_support_flags_far_records() {
+        let eval = [e(0, 0), e(2, 0), e(10, 1), e(13, 1)];
+        let ev: Vec<&Embedding> = eval.iter().collect();
+        let train = [e(1, 0), e(5, 1), e(16, 1), e(17, 0), e(400, 1)];
+        let tr: Vec<&Embedding> = train.iter().collect();
+        // The most isolated evaluation point is 3 from its neighbour (distance² 9).
+        assert_eq!(out_of_support(&tr, &ev), vec![false, false, false, true, true]);
+        assert_eq!(out_of_support(&tr, &ev[..1]), vec![false; 5]);
     }
 
     // Values sum to the K-NN utility on the full set (efficiency), up to fixed-point flooring.
