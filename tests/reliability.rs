@@ -1,7 +1,7 @@
 //! Reliability on real processes (issue 7): `datanet run` daemons started as separate processes on
 //! loopback, `kill -9`ed at random points during replication and during an epoch, and a hostile
 //! libp2p peer flooding their gossip topics. Every random choice comes from one seed, printed at
-//! the start of each test; `DATANET_RELIABILITY_SEED=<n>` replays it. Every wait has a timeout.
+//! the start of each test; `DATANET_RELIABILITY_SEED=<n>` replays it (`random` draws a fresh one). Every wait has a timeout.
 //! The tests of this file run one at a time (they share the machine's cores with the daemons).
 
 use datanet::api::{ApiClient, ContributeRequest};
@@ -49,11 +49,17 @@ impl Rng {
     }
 }
 
-/// The test's seed: `DATANET_RELIABILITY_SEED`, else fresh; printed so a failure can be replayed.
+/// The test's seed: `DATANET_RELIABILITY_SEED` (a number, or `random` for a fresh one), else a
+/// fixed default so `make test` replays the same run; printed so a failure can be replayed.
 fn seeded(test: &str) -> (u64, Rng) {
-    let seed = std::env::var("DATANET_RELIABILITY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
-    });
+    let seed = match std::env::var("DATANET_RELIABILITY_SEED").ok().as_deref() {
+        Some("random") => {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+                % 1_000_000_007
+        }
+        Some(s) => s.parse().expect("DATANET_RELIABILITY_SEED is a number or `random`"),
+        None => 20_261_126,
+    };
     eprintln!("{test}: seed {seed} (replay with DATANET_RELIABILITY_SEED={seed})");
     (seed, Rng(seed))
 }

@@ -615,8 +615,18 @@ impl DaemonActor {
         match msg {
             ContributionsMessage::Announce(c) => {
                 self.check_contribution(&datanet, &c)?;
+                // Already stored here: valid but old news. Not forwarded again, so a replay after
+                // gossipsub's duplicate window does not spread across the network once more.
+                if matches!(self.store.contribution_meta(&c.body.id()), Ok(Some(_))) {
+                    return Err(None);
+                }
                 DaemonMetrics::inc(&self.metrics.announces_accepted);
-                let providers: Vec<PeerKey> = source.and_then(|p| keys::peer_key(&p).ok()).into_iter().collect();
+                let mut providers: Vec<PeerKey> = source.and_then(|p| keys::peer_key(&p).ok()).into_iter().collect();
+                // The contributor holds it too: a peer that re-publishes a captured announcement
+                // first must not become the only place it is fetched from.
+                if !providers.contains(&c.body.contributor) {
+                    providers.push(c.body.contributor);
+                }
                 self.enqueue(c, providers, source);
                 Ok(())
             }

@@ -63,6 +63,9 @@ pub(crate) mod trees {
     pub const META: &str = "meta";
 }
 
+/// How long [`Store::open`] waits for another holder of the database lock to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A peer's persistent state: sled plus the iroh-blobs file store.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -79,12 +82,20 @@ impl Store {
         let db_path = datadir.join("db");
         // Admission writes index entries in large batches: favour write throughput over file size,
         // and keep the hot part of the indexes in a cache large enough for a big contribution.
-        let db = sled::Config::new()
-            .path(&db_path)
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(256 << 20)
-            .open()
-            .map_err(|source| StoreError::Open { path: db_path, source })?;
+        let config = sled::Config::new().path(&db_path).mode(sled::Mode::HighThroughput).cache_capacity(256 << 20);
+        // A process that just closed its store may still hold the lock for a moment (sled finishes
+        // a flush on its own threads): wait briefly before reporting the datadir as in use.
+        let mut waited = std::time::Duration::ZERO;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && waited < LOCK_WAIT => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    waited += std::time::Duration::from_millis(50);
+                }
+                Err(source) => return Err(StoreError::Open { path: db_path, source }),
+            }
+        };
         let blob_path = datadir.join("blobs");
         let blobs = FsStore::load(&blob_path)
             .await
