@@ -841,18 +841,25 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
             extra.push(("admitted".into(), out.admitted as f64));
             let curated_key = Identity::from_seed(*blake3::hash(b"datanet-bench/curated").as_bytes()).public_key();
             let (plan, sc) = (&out.measured.plan, &out.measured.scores);
-            let (mut cu, mut cphi, mut vmax) = (0f64, 0f64, 0f64);
+            let (mut cu, mut cphi, mut cse, mut vmax, mut vse) = (0f64, 0f64, 0f64, 0f64, 0f64);
             for (i, u) in plan.units.iter().enumerate() {
+                let (phi, se) = (sc.unit_values[i] as f64, sc.unit_errors[i] as f64);
                 if u.shares.iter().any(|(k, _)| *k == curated_key) {
                     cu += 1.0;
-                    cphi += sc.unit_values[i] as f64;
-                } else {
-                    vmax = vmax.max(sc.unit_values[i] as f64);
+                    cphi += phi;
+                    cse = cse.max(se);
+                } else if phi > vmax {
+                    (vmax, vse) = (phi, se);
                 }
             }
             extra.push(("curated_units".into(), cu));
             extra.push(("curated_phi".into(), cphi));
+            extra.push(("curated_max_se".into(), cse));
             extra.push(("volume_max_phi".into(), vmax));
+            extra.push(("volume_max_phi_se".into(), vse));
+            let u = &out.measured.utilities;
+            extra.push(("utility_min".into(), u.iter().copied().min().unwrap_or(0) as f64));
+            extra.push(("utility_max".into(), u.iter().copied().max().unwrap_or(0) as f64));
             extra.push(("screened".into(), plan.screened.len() as f64));
             // Capped so a volume contributor paid nothing still averages to a finite figure.
             ratio(out.reward("curated"), out.reward("volume")).min(1000.0)
@@ -1144,6 +1151,8 @@ pub struct BenchReport {
     pub values: Vec<f64>,
     pub mean: f64,
     pub spread: f64,
+    /// The worst seed's value (lowest when higher is better): a mean can hide a failing seed.
+    pub worst: f64,
     pub target: f64,
     pub higher_is_better: bool,
     pub pass: bool,
@@ -1185,6 +1194,10 @@ pub async fn run_scenario(
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     let spread = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let worst = values
+        .iter()
+        .copied()
+        .fold(if higher { f64::INFINITY } else { f64::NEG_INFINITY }, |w, v| if higher { w.min(v) } else { w.max(v) });
     let mut pass = if higher { mean >= target } else { mean <= target };
     if s.scenario == "S6" {
         // Averaged over the seeds: the screen's F1 must beat KNN-Shapley alone.
@@ -1197,6 +1210,7 @@ pub async fn run_scenario(
         values,
         mean,
         spread,
+        worst,
         target,
         higher_is_better: higher,
         pass,
@@ -1226,8 +1240,8 @@ pub async fn run(args: AttributionBenchArgs) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(&r)?);
     let cmp = if r.higher_is_better { ">=" } else { "<=" };
     println!(
-        "RESULT scenario={} metric={} value={:.4} target={cmp}{} pass={}",
-        r.scenario, r.metric, r.mean, r.target, r.pass
+        "RESULT scenario={} metric={} value={:.4} spread={:.4} worst_seed={:.4} target={cmp}{} pass={}",
+        r.scenario, r.metric, r.mean, r.spread, r.worst, r.target, r.pass
     );
     Ok(())
 }
