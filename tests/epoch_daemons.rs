@@ -3,6 +3,8 @@
 //! one of them starts an epoch, and every peer must append the same attestation, which verifies
 //! offline against the signed manifest alone. Every awaited event has a timeout.
 
+mod common;
+use common::wait_until;
 use datanet::attribution::epoch::Attestation;
 use datanet::codec::{self, Signed};
 use datanet::config::Config;
@@ -12,7 +14,6 @@ use datanet::ids::DatanetId;
 use datanet::manifest::{ManifestFile, SignedManifest};
 use datanet::net::TopicKind;
 use datanet::store::Store;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,18 +22,6 @@ const PEERS: usize = 4;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The breast-cancer Datanet with the four peers as its committee, founded by peer 0; also

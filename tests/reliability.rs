@@ -4,6 +4,8 @@
 //! the start of each test; `DATANET_RELIABILITY_SEED=<n>` replays it (`random` draws a fresh one). Every wait has a timeout.
 //! The tests of this file run one at a time (they share the machine's cores with the daemons).
 
+mod common;
+use common::wait_until;
 use datanet::api::{ApiClient, ContributeRequest};
 use datanet::codec::Signed;
 use datanet::daemon::Status;
@@ -13,7 +15,6 @@ use datanet::ids::{ContributionId, DatanetId};
 use datanet::manifest::{ManifestFile, SignedManifest};
 use datanet::store::Store;
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,18 +63,6 @@ fn seeded(test: &str) -> (u64, Rng) {
     };
     eprintln!("{test}: seed {seed} (replay with DATANET_RELIABILITY_SEED={seed})");
     (seed, Rng(seed))
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn free_port() -> u16 {

@@ -2,6 +2,8 @@
 //! bootstrap, gossip + iroh-blobs replication, catch-up of a late peer, restart mid-replication,
 //! the local API, and hostile input. Every awaited condition has a timeout.
 
+mod common;
+use common::wait_until;
 use datanet::admission::{ContributionRecord, SignedContribution};
 use datanet::codec::{self, Signed};
 use datanet::config::Config;
@@ -12,10 +14,9 @@ use datanet::identity::Identity;
 use datanet::ids::{BlobHash, DatanetId, MerkleRoot};
 use datanet::manifest::{ManifestFile, SignedManifest};
 use datanet::net::TopicKind;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -42,18 +43,6 @@ fn test_config(seeds: &[String]) -> Config {
     c.net.peer_record_interval_secs = 1;
     c.net.fetch_timeout_ms = 10_000;
     c
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 struct Peer {

@@ -239,12 +239,18 @@ impl DaemonActor {
         }
     }
 
-    fn resolve_joined(&self, datanet: &str) -> Result<DatanetId, String> {
-        let (id, _) = self
+    /// A Datanet this peer stores, by id or name.
+    fn resolve_known(&self, datanet: &str) -> Result<DatanetId, String> {
+        Ok(self
             .store
             .resolve_datanet(datanet)
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("datanet `{datanet}` is not known here"))?;
+            .ok_or_else(|| format!("datanet `{datanet}` is not known here"))?
+            .0)
+    }
+
+    fn resolve_joined(&self, datanet: &str) -> Result<DatanetId, String> {
+        let id = self.resolve_known(datanet)?;
         if !self.joined.contains_key(&id) {
             return Err(format!("datanet `{datanet}` is not joined by this daemon"));
         }
@@ -299,20 +305,12 @@ impl DaemonActor {
     }
 
     fn rewards(&self, datanet: &str) -> Result<RewardsReport, String> {
-        let (d, _) = self
-            .store
-            .resolve_datanet(datanet)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("datanet `{datanet}` is not known here"))?;
+        let d = self.resolve_known(datanet)?;
         Ledger::open(self.store.db()).report(&d).map_err(|e| e.to_string())
     }
 
     fn epoch_attestation(&self, datanet: &str, epoch: Option<u64>) -> Result<(u64, Vec<u8>), String> {
-        let (d, _) = self
-            .store
-            .resolve_datanet(datanet)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("datanet `{datanet}` is not known here"))?;
+        let d = self.resolve_known(datanet)?;
         let ledger = Ledger::open(self.store.db());
         let epoch = match epoch {
             Some(e) => e,
