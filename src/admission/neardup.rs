@@ -95,17 +95,18 @@ pub fn similarity_ppm(a: &Signature, b: &Signature) -> u32 {
     (eq * 1_000_000 / SLOTS as u64) as u32
 }
 
-/// The LSH band keys of a signature: band index and a hash of its slots.
-pub fn band_keys(sig: &Signature) -> [[u8; 9]; BANDS] {
+/// The LSH band keys of a signature: per band, a 64-bit hash of its slots salted by the band
+/// index (a shared key means an equal band; a rare 64-bit collision only adds a candidate, which
+/// the similarity check then rejects).
+pub fn band_keys(sig: &Signature) -> [u64; BANDS] {
     let per = SLOTS / BANDS;
-    let mut out = [[0u8; 9]; BANDS];
+    let mut out = [0u64; BANDS];
     for (b, key) in out.iter_mut().enumerate() {
-        let mut h = 0u64;
+        let mut h = mix64(b as u64 + 1);
         for v in &sig[b * per..(b + 1) * per] {
             h = mix64(h ^ *v as u64);
         }
-        key[0] = b as u8;
-        key[1..].copy_from_slice(&h.to_be_bytes());
+        *key = h;
     }
     out
 }
@@ -148,7 +149,7 @@ pub fn tabular_parts(v: &Value) -> (String, Vec<f64>) {
 /// Candidate keys of a tabular record: the label plus one band of features rounded to
 /// `digits − 1` significant digits, for up to 8 bands. A near-duplicate matches an earlier record
 /// in at least one band unless its jitter crosses a rounding boundary in every band.
-pub fn tabular_band_keys(v: &Value, digits: u32) -> Vec<[u8; 32]> {
+pub fn tabular_band_keys(v: &Value, digits: u32) -> Vec<u64> {
     let (label, feats) = tabular_parts(v);
     let bands = feats.len().clamp(1, 8);
     let per = feats.len().div_ceil(bands).max(1);
@@ -161,7 +162,7 @@ pub fn tabular_band_keys(v: &Value, digits: u32) -> Vec<[u8; 32]> {
                 h.update(b"|");
                 h.update(round_sig(*x, digits.saturating_sub(1).max(1)).as_bytes());
             }
-            *h.finalize().as_bytes()
+            u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
         })
         .collect()
 }

@@ -2,8 +2,10 @@
 //! that make exact and near-duplicate detection cheap at admission.
 //!
 //! [`Store::commit_contribution`] classifies a contribution's records against everything admitted
-//! before in its Datanet, writes the index entries in batches and then the contribution's marker
-//! in one small transaction, then flushes. [`Store::datanet_records`] gives attribution the
+//! before in its Datanet, writes its index entries as one sorted value per bucket (so the cost of
+//! an admission grows with its buckets, not with its records × band keys) and then the
+//! contribution's marker in one small transaction, then flushes. These indexes give admission its
+//! counts (new, duplicate, near-duplicate); they are local, not agreed on. [`Store::datanet_records`] gives attribution the
 //! Datanet's records with duplicates and near-duplicate clusters resolved in the canonical order
 //! (contribution `created_ms`, then id), so every peer derives the same first contributor
 //! regardless of the order it received things.
@@ -80,49 +82,43 @@ fn now_ms() -> u64 {
 /// (canonical recomputation): band key → canonical record, record → its stored signature (MinHash
 /// slots for text, feature values for tabular).
 trait NearIndex {
-    fn get(&mut self, key: &[u8]) -> Option<RecordHash>;
-    fn put(&mut self, key: Vec<u8>, canonical: RecordHash);
+    fn get(&mut self, key: u64) -> Option<RecordHash>;
+    fn put(&mut self, key: u64, canonical: RecordHash);
     fn signature(&mut self, record: &RecordHash) -> Option<Vec<u8>>;
     fn put_signature(&mut self, record: RecordHash, sig: Vec<u8>);
 }
 
-/// A record's near-duplicate index keys (Datanet-prefixed) and the signature stored for it.
-/// Pure, so computed for many records in parallel before the sequential classification.
+/// A record's near-duplicate band keys and the signature stored for it. Pure, so computed for
+/// many records in parallel before the sequential classification.
 struct NearParts {
-    keys: Vec<Vec<u8>>,
+    keys: Vec<u64>,
     sig: Vec<u8>,
 }
 
-fn near_parts(manifest: &Manifest, d: &DatanetId, rec: &CanonicalRecord) -> NearParts {
+fn near_parts(manifest: &Manifest, rec: &CanonicalRecord) -> NearParts {
     match manifest.task {
         TaskKind::Tabular { .. } => {
             let (_, f) = neardup::tabular_parts(&rec.value);
             NearParts {
-                keys: neardup::tabular_band_keys(&rec.value, manifest.admission.near_duplicate_digits)
-                    .iter()
-                    .map(|k| key2(&d.0, k))
-                    .collect(),
+                keys: neardup::tabular_band_keys(&rec.value, manifest.admission.near_duplicate_digits),
                 sig: neardup::features_bytes(&f),
             }
         }
         TaskKind::Text | TaskKind::Instruct => {
             let sig = neardup::minhash(&neardup::record_text(&rec.value));
-            NearParts {
-                keys: neardup::band_keys(&sig).iter().map(|k| key2(&d.0, k)).collect(),
-                sig: neardup::signature_bytes(&sig),
-            }
+            NearParts { keys: neardup::band_keys(&sig).to_vec(), sig: neardup::signature_bytes(&sig) }
         }
     }
 }
 
 /// Every record's [`NearParts`], in order, computed on all cores.
-fn near_parts_all(manifest: &Manifest, d: &DatanetId, records: &[&CanonicalRecord]) -> Vec<NearParts> {
+fn near_parts_all(manifest: &Manifest, records: &[&CanonicalRecord]) -> Vec<NearParts> {
     use rayon::prelude::*;
-    records.par_iter().map(|r| near_parts(manifest, d, r)).collect()
+    records.par_iter().map(|r| near_parts(manifest, r)).collect()
 }
 
 /// Returns the canonical record whose near-duplicate cluster `rec` joins, or `None` (then `rec`
-/// is indexed as a new canonical record).
+/// is indexed as a new canonical record under every band key not taken yet).
 fn classify_near(
     idx: &mut dyn NearIndex,
     manifest: &Manifest,
@@ -133,7 +129,7 @@ fn classify_near(
     let NearParts { keys, sig } = parts;
     // Score every candidate; the most similar wins, ties to the smaller hash.
     let mut best: Option<(u64, std::cmp::Reverse<RecordHash>)> = None;
-    let hits: Vec<Option<RecordHash>> = keys.iter().map(|k| idx.get(k)).collect();
+    let hits: Vec<Option<RecordHash>> = keys.iter().map(|k| idx.get(*k)).collect();
     for c in hits.iter().flatten().copied() {
         let Some(other) = idx.signature(&c) else { continue };
         let score = match manifest.task {
@@ -170,69 +166,181 @@ fn classify_near(
     None
 }
 
-/// The Datanet's committed indexes in sled plus this admission's pending writes.
-///
-/// Index entries are written in batches *before* the contribution's marker (its record and
-/// metadata), so an entry is live only if the contribution it leads to is committed: a crash
-/// between the two leaves dead entries that every lookup skips and a later admission overwrites.
-struct StoreNear<'a> {
-    trees: &'a IndexTrees,
+/// One entry of a bucketed index: a 64-bit key (big-endian, so entries sort by it) and the
+/// record it leads to.
+const ENTRY: usize = 8 + 32;
+/// Bits of an entry's key that pick its bucket.
+/// Bits of an entry's key that pick its bucket (few in unit tests, so buckets fill and merge).
+const BUCKET_BITS: u32 = if cfg!(test) { 3 } else { 16 };
+/// A bucket holding more values than this after an admission is merged into one value.
+const MERGE_AT: usize = 16;
+/// The contribution part of a merged value's key: merged values hold only live entries.
+const MERGED: [u8; 32] = [0; 32];
+
+/// A Datanet-wide index kept as *bucketed values*: the entries one contribution adds to one
+/// bucket are one sled value under `DatanetId ‖ bucket ‖ ContributionId` (sorted entries), so an
+/// admission writes at most one value per bucket instead of one per entry, and looks a bucket up
+/// with one prefix scan. A value is live only if its contribution has a marker (see
+/// [`Store::commit_contribution`]); merging (after [`MERGE_AT`] values) keeps scans short and
+/// drops dead values.
+struct Buckets<'a> {
+    tree: &'a sled::Tree,
     datanet: DatanetId,
-    pending_near: HashMap<Vec<u8>, RecordHash>,
+}
+
+/// Which contributions are committed (have a marker), cached per admission.
+struct Liveness<'a> {
+    metas: &'a sled::Tree,
+    known: HashMap<[u8; 32], bool>,
+}
+
+impl Liveness<'_> {
+    fn live(&mut self, cid: &[u8]) -> Result<bool, sled::Error> {
+        let cid: [u8; 32] = cid.try_into().unwrap_or(MERGED);
+        if cid == MERGED {
+            return Ok(true);
+        }
+        if let Some(&l) = self.known.get(&cid) {
+            return Ok(l);
+        }
+        let l = self.metas.contains_key(cid)?;
+        self.known.insert(cid, l);
+        Ok(l)
+    }
+}
+
+fn bucket_of(key: u64) -> u16 {
+    (key >> (64 - BUCKET_BITS)) as u16
+}
+
+/// The 64-bit index key of a record hash.
+fn record_key64(h: &RecordHash) -> u64 {
+    u64::from_be_bytes(h.0[..8].try_into().expect("8 bytes"))
+}
+
+/// Live index contents for some keys, and how many live values each looked-up bucket holds.
+struct Found {
+    entries: HashMap<u64, Vec<RecordHash>>,
+    values: HashMap<u16, usize>,
+}
+
+impl Buckets<'_> {
+    fn prefix(&self, bucket: u16) -> Vec<u8> {
+        key2(&self.datanet.0, &bucket.to_be_bytes())
+    }
+
+    /// The live entries under `keys`, one prefix scan per bucket.
+    fn lookup(&self, keys: &[u64], live: &mut Liveness) -> Result<Found, sled::Error> {
+        let mut by_bucket: std::collections::BTreeMap<u16, Vec<u64>> = Default::default();
+        for k in keys {
+            by_bucket.entry(bucket_of(*k)).or_default().push(*k);
+        }
+        let mut found = Found { entries: HashMap::new(), values: HashMap::new() };
+        for (b, mut ks) in by_bucket {
+            ks.sort_unstable();
+            ks.dedup();
+            let mut n = 0;
+            for kv in self.tree.scan_prefix(self.prefix(b)) {
+                let (k, v) = kv?;
+                if !live.live(&k[34..])? {
+                    continue;
+                }
+                n += 1;
+                for key in &ks {
+                    for e in entries_with(&v, *key) {
+                        found.entries.entry(*key).or_default().push(RecordHash(e[8..].try_into().expect("32 bytes")));
+                    }
+                }
+            }
+            found.values.insert(b, n);
+        }
+        Ok(found)
+    }
+
+    /// The values contribution `cid` adds: its entries grouped by bucket, each group sorted.
+    fn values(&self, cid: &[u8; 32], mut entries: Vec<(u64, RecordHash)>) -> (sled::Batch, Vec<u16>) {
+        entries.sort_unstable();
+        entries.dedup();
+        let mut batch = sled::Batch::default();
+        let mut touched = Vec::new();
+        for group in entries.chunk_by(|a, b| bucket_of(a.0) == bucket_of(b.0)) {
+            let b = bucket_of(group[0].0);
+            batch.insert(key2(&self.prefix(b), cid), encode_entries(group));
+            touched.push(b);
+        }
+        (batch, touched)
+    }
+
+    /// Merges a bucket's live values into one and removes the dead ones, atomically.
+    fn merge(&self, bucket: u16, live: &mut Liveness) -> Result<(), sled::Error> {
+        let mut batch = sled::Batch::default();
+        let mut all = Vec::new();
+        for kv in self.tree.scan_prefix(self.prefix(bucket)) {
+            let (k, v) = kv?;
+            if live.live(&k[34..])? {
+                all.extend(v.chunks_exact(ENTRY).map(|e| {
+                    (u64::from_be_bytes(e[..8].try_into().expect("8")), RecordHash(e[8..].try_into().expect("32")))
+                }));
+            }
+            batch.remove(k);
+        }
+        all.sort_unstable();
+        all.dedup();
+        batch.insert(key2(&self.prefix(bucket), &MERGED), encode_entries(&all));
+        self.tree.apply_batch(batch)
+    }
+}
+
+fn encode_entries(entries: &[(u64, RecordHash)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(entries.len() * ENTRY);
+    for (k, r) in entries {
+        v.extend_from_slice(&k.to_be_bytes());
+        v.extend_from_slice(&r.0);
+    }
+    v
+}
+
+/// The entries of a sorted value whose key is `key` (binary search).
+fn entries_with(value: &[u8], key: u64) -> impl Iterator<Item = &[u8]> {
+    let n = value.len() / ENTRY;
+    let at = |i: usize| u64::from_be_bytes(value[i * ENTRY..i * ENTRY + 8].try_into().expect("8"));
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if at(mid) < key { lo = mid + 1 } else { hi = mid }
+    }
+    (lo..n).take_while(move |&i| at(i) == key).map(move |i| &value[i * ENTRY..(i + 1) * ENTRY])
+}
+
+/// The Datanet's committed near-duplicate index (the live entries for this admission's keys,
+/// fetched up front) plus this admission's pending entries.
+struct StoreNear<'a> {
+    sigs: &'a sled::Tree,
+    datanet: DatanetId,
+    committed: HashMap<u64, RecordHash>,
+    pending_near: HashMap<u64, RecordHash>,
     pending_sigs: HashMap<RecordHash, Vec<u8>>,
-    /// Committed-or-not, per contribution id seen in the record index.
-    committed: HashMap<ContributionId, bool>,
     failed: Option<sled::Error>,
 }
 
-/// The sled trees admission reads and writes.
-struct IndexTrees {
-    recs: sled::Tree,
-    near: sled::Tree,
-    sigs: sled::Tree,
-    metas: sled::Tree,
-}
-
-impl StoreNear<'_> {
-    fn ok<T>(&mut self, r: Result<Option<T>, sled::Error>) -> Option<T> {
-        r.unwrap_or_else(|e| {
-            self.failed = Some(e);
-            None
-        })
-    }
-
-    /// The committed contribution that first admitted `rec` here, if any.
-    fn record_owner(&mut self, rec: &RecordHash) -> Option<ContributionId> {
-        let v = self.trees.recs.get(record_key(&self.datanet, rec));
-        let cid = ContributionId(self.ok(v)?.as_ref().try_into().ok()?);
-        if let Some(&live) = self.committed.get(&cid) {
-            return live.then_some(cid);
-        }
-        let live = self.trees.metas.contains_key(cid.0);
-        let live = self.ok(live.map(Some)).unwrap_or(false);
-        self.committed.insert(cid, live);
-        live.then_some(cid)
-    }
-}
-
 impl NearIndex for StoreNear<'_> {
-    fn get(&mut self, key: &[u8]) -> Option<RecordHash> {
-        if let Some(r) = self.pending_near.get(key) {
-            return Some(*r);
-        }
-        let v = self.trees.near.get(key);
-        let rec = RecordHash(self.ok(v)?.as_ref().try_into().ok()?);
-        self.record_owner(&rec).map(|_| rec)
+    fn get(&mut self, key: u64) -> Option<RecordHash> {
+        self.pending_near.get(&key).or_else(|| self.committed.get(&key)).copied()
     }
-    fn put(&mut self, key: Vec<u8>, canonical: RecordHash) {
+    fn put(&mut self, key: u64, canonical: RecordHash) {
         self.pending_near.insert(key, canonical);
     }
     fn signature(&mut self, record: &RecordHash) -> Option<Vec<u8>> {
         if let Some(s) = self.pending_sigs.get(record) {
             return Some(s.clone());
         }
-        let v = self.trees.sigs.get(record_key(&self.datanet, record));
-        self.ok(v).map(|v| v.to_vec())
+        match self.sigs.get(record_key(&self.datanet, record)) {
+            Ok(v) => v.map(|v| v.to_vec()),
+            Err(e) => {
+                self.failed = Some(e);
+                None
+            }
+        }
     }
     fn put_signature(&mut self, record: RecordHash, sig: Vec<u8>) {
         self.pending_sigs.insert(record, sig);
@@ -241,15 +349,15 @@ impl NearIndex for StoreNear<'_> {
 
 #[derive(Default)]
 struct MemNear {
-    near: HashMap<Vec<u8>, RecordHash>,
+    near: HashMap<u64, RecordHash>,
     sigs: HashMap<RecordHash, Vec<u8>>,
 }
 
 impl NearIndex for MemNear {
-    fn get(&mut self, key: &[u8]) -> Option<RecordHash> {
-        self.near.get(key).copied()
+    fn get(&mut self, key: u64) -> Option<RecordHash> {
+        self.near.get(&key).copied()
     }
-    fn put(&mut self, key: Vec<u8>, canonical: RecordHash) {
+    fn put(&mut self, key: u64, canonical: RecordHash) {
         self.near.insert(key, canonical);
     }
     fn signature(&mut self, record: &RecordHash) -> Option<Vec<u8>> {
@@ -260,7 +368,16 @@ impl NearIndex for MemNear {
     }
 }
 
-/// What classifying a contribution against the store produced: counts and the index writes.
+/// The sled trees admission reads and writes.
+struct IndexTrees {
+    recs: sled::Tree,
+    near: sled::Tree,
+    sigs: sled::Tree,
+    metas: sled::Tree,
+}
+
+/// What classifying a contribution against the store produced: counts, the index writes, and
+/// the buckets that may need merging once it is committed.
 struct Classified {
     new: u32,
     duplicates: u32,
@@ -268,6 +385,8 @@ struct Classified {
     recs: sled::Batch,
     near: sled::Batch,
     sigs: sled::Batch,
+    merge_recs: Vec<u16>,
+    merge_near: Vec<u16>,
 }
 
 impl Store {
@@ -280,50 +399,72 @@ impl Store {
         id: ContributionId,
         records: &[CanonicalRecord],
     ) -> Result<Classified, StoreError> {
-        let mut idx = StoreNear {
-            trees,
-            datanet: d,
-            pending_near: HashMap::new(),
-            pending_sigs: HashMap::new(),
-            committed: HashMap::new(),
-            failed: None,
-        };
+        let mut live = Liveness { metas: &trees.metas, known: HashMap::new() };
+        let (rec_index, near_index) = (Buckets { tree: &trees.recs, datanet: d }, Buckets { tree: &trees.near, datanet: d });
         // Exact duplicates first (of committed records, or earlier in this contribution).
         let mut seen = std::collections::HashSet::new();
-        let mut fresh = Vec::with_capacity(records.len());
-        let mut dups = 0u32;
-        for rec in records {
-            if !seen.insert(rec.hash) || idx.record_owner(&rec.hash).is_some() {
-                dups += 1;
-            } else {
-                fresh.push(rec);
-            }
-        }
-        let mut out = Classified {
-            new: fresh.len() as u32,
-            duplicates: dups,
-            near_duplicates: 0,
-            recs: sled::Batch::default(),
-            near: sled::Batch::default(),
-            sigs: sled::Batch::default(),
+        let firsts: Vec<&CanonicalRecord> = records.iter().filter(|r| seen.insert(r.hash)).collect();
+        let keys: Vec<u64> = firsts.iter().map(|r| record_key64(&r.hash)).collect();
+        let held = rec_index.lookup(&keys, &mut live)?;
+        let fresh: Vec<&CanonicalRecord> = firsts
+            .into_iter()
+            .filter(|r| !held.entries.get(&record_key64(&r.hash)).is_some_and(|hs| hs.contains(&r.hash)))
+            .collect();
+        let parts = near_parts_all(manifest, &fresh);
+        let band_keys: Vec<u64> = parts.iter().flat_map(|p| p.keys.iter().copied()).collect();
+        let near_found = near_index.lookup(&band_keys, &mut live)?;
+        let committed =
+            near_found.entries.iter().filter_map(|(k, rs)| rs.iter().min().map(|r| (*k, *r))).collect();
+        let mut idx = StoreNear {
+            sigs: &trees.sigs,
+            datanet: d,
+            committed,
+            pending_near: HashMap::new(),
+            pending_sigs: HashMap::new(),
+            failed: None,
         };
-        let parts = near_parts_all(manifest, &d, &fresh);
+        let mut near_duplicates = 0;
         for (rec, parts) in fresh.iter().zip(parts) {
-            out.recs.insert(record_key(&d, &rec.hash), &id.0[..]);
             if classify_near(&mut idx, manifest, rec.hash, parts).is_some() {
-                out.near_duplicates += 1;
+                near_duplicates += 1;
             }
         }
         if let Some(e) = idx.failed {
             return Err(e.into());
         }
-        for (k, r) in idx.pending_near {
-            out.near.insert(k, &r.0[..]);
-        }
+        let over = |found: &Found, touched: Vec<u16>| -> Vec<u16> {
+            touched.into_iter().filter(|b| found.values.get(b).copied().unwrap_or(0) + 1 > MERGE_AT).collect()
+        };
+        let (recs, touched) = rec_index.values(&id.0, fresh.iter().map(|r| (record_key64(&r.hash), r.hash)).collect());
+        let merge_recs = over(&held, touched);
+        let (near, touched) = near_index.values(&id.0, idx.pending_near.into_iter().collect());
+        let merge_near = over(&near_found, touched);
+        let mut sigs = sled::Batch::default();
         for (r, sig) in idx.pending_sigs {
-            out.sigs.insert(record_key(&d, &r), sig);
+            sigs.insert(record_key(&d, &r), sig);
         }
-        Ok(out)
+        Ok(Classified {
+            new: fresh.len() as u32,
+            duplicates: (records.len() - fresh.len()) as u32,
+            near_duplicates,
+            recs,
+            near,
+            sigs,
+            merge_recs,
+            merge_near,
+        })
+    }
+
+    /// Merges the buckets a committed admission filled past [`MERGE_AT`] values.
+    fn merge_buckets(&self, trees: &IndexTrees, d: DatanetId, c: &Classified) -> Result<(), StoreError> {
+        let mut live = Liveness { metas: &trees.metas, known: HashMap::new() };
+        for (tree, buckets) in [(&trees.recs, &c.merge_recs), (&trees.near, &c.merge_near)] {
+            let index = Buckets { tree, datanet: d };
+            for b in buckets {
+                index.merge(*b, &mut live)?;
+            }
+        }
+        Ok(())
     }
 
     /// Classifies and commits a contribution whose blobs are already stored and synced; returns
@@ -332,7 +473,7 @@ impl Store {
     /// Admissions are serialized. The Datanet-wide index entries go in batches first (flushed),
     /// then one small transaction writes the marker — the signed record, its metadata and its
     /// place in the Datanet's order — and a second flush acknowledges it. A crash before the
-    /// marker leaves only dead index entries (see [`StoreNear`]), never a partial contribution.
+    /// marker leaves only dead index values (see [`Buckets`]), never a partial contribution.
     pub async fn commit_contribution(
         &self,
         manifest: &Manifest,
@@ -356,11 +497,11 @@ impl Store {
             return Ok(Admitted { id, meta: m });
         }
         let started = std::time::Instant::now();
-        let c = self.classify(&trees, manifest, d, id, records)?;
+        let mut c = self.classify(&trees, manifest, d, id, records)?;
         let classified = started.elapsed();
-        trees.recs.apply_batch(c.recs)?;
-        trees.near.apply_batch(c.near)?;
-        trees.sigs.apply_batch(c.sigs)?;
+        trees.recs.apply_batch(std::mem::take(&mut c.recs))?;
+        trees.near.apply_batch(std::mem::take(&mut c.near))?;
+        trees.sigs.apply_batch(std::mem::take(&mut c.sigs))?;
         let written = started.elapsed();
         self.db.flush_async().await?; // index entries durable before the marker names them
         tracing::debug!(
@@ -399,6 +540,8 @@ impl Store {
         });
         let meta = result.map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
         self.db.flush_async().await?;
+        // Merging rewrites live entries only (atomically per bucket): no flush needed for safety.
+        self.merge_buckets(&trees, d, &c)?;
         Ok(Admitted { id, meta })
     }
 
@@ -510,7 +653,7 @@ impl Store {
         for c in &infos {
             let records: Vec<CanonicalRecord> =
                 self.contribution_records(&c.id).await?.into_iter().filter(|r| seen.insert(r.hash)).collect();
-            let parts = near_parts_all(&manifest, d, &records.iter().collect::<Vec<_>>());
+            let parts = near_parts_all(&manifest, &records.iter().collect::<Vec<_>>());
             for (rec, parts) in records.into_iter().zip(parts) {
                 let cluster = classify_near(&mut near, &manifest, rec.hash, parts);
                 out.push(AdmittedRecord {
@@ -559,24 +702,84 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, d, m) = instruct_store(dir.path()).await;
         let recs = records(&m, 200);
-        let t = |n| store.tree(n).unwrap();
-        let trees = IndexTrees {
-            recs: t(trees::RECORDS),
-            near: t(trees::NEAR_INDEX),
-            sigs: t(trees::SIGNATURES),
-            metas: t(trees::CONTRIBUTION_META),
-        };
+        let trees = index_trees(&store);
         let dead = store.classify(&trees, &m, d, ContributionId([9; 32]), &recs).unwrap();
         assert_eq!(dead.new, 200);
-        trees.recs.apply_batch(dead.recs).unwrap();
-        trees.near.apply_batch(dead.near).unwrap();
-        trees.sigs.apply_batch(dead.sigs).unwrap();
+        apply(&trees, dead);
         let me = Identity::from_seed([4; 32]);
         let ack = admission::admit_local(&store, &me, &d, recs.clone()).await.unwrap();
         assert_eq!((ack.meta.new_records, ack.meta.duplicates, ack.meta.near_duplicates), (200, 0, 0));
         // Live entries do count: a second contribution of the same records is all duplicates.
         let again = admission::admit_local(&store, &Identity::from_seed([5; 32]), &d, recs).await.unwrap();
         assert_eq!((again.meta.new_records, again.meta.duplicates), (0, 200));
+    }
+
+    fn index_trees(store: &Store) -> IndexTrees {
+        let t = |n| store.tree(n).unwrap();
+        IndexTrees {
+            recs: t(trees::RECORDS),
+            near: t(trees::NEAR_INDEX),
+            sigs: t(trees::SIGNATURES),
+            metas: t(trees::CONTRIBUTION_META),
+        }
+    }
+
+    fn apply(trees: &IndexTrees, c: Classified) {
+        trees.recs.apply_batch(c.recs).unwrap();
+        trees.near.apply_batch(c.near).unwrap();
+        trees.sigs.apply_batch(c.sigs).unwrap();
+    }
+
+    // Admission counts from the bucketed sled indexes (with merged and dead values) equal an in-memory reference classification of the same sequence of contributions.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bucketed_index_matches_memory_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, d, m) = instruct_store(dir.path()).await;
+        let trees = index_trees(&store);
+        let base: Vec<serde_json::Value> = (0..120)
+            .map(|i| serde_json::json!({"prompt": format!("Explain item {i} of the maintenance checklist for pump station {}", i * 37 % 101), "completion": format!("Step {i}: inspect the seals, log pressure {} kPa, and report any vibration above {} mm/s to the duty engineer.", 100 + i * 13 % 97, i % 9)}))
+            .collect();
+        let canon = |v: &serde_json::Value| admission::canonical::canonicalize(&m.task, v.clone(), 1 << 16).unwrap();
+        let (mut seen, mut mem) = (std::collections::HashSet::new(), MemNear::default());
+        let mut totals = (0, 0);
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for c in 0..40u8 {
+            // Some exact copies of earlier base records, some near-duplicates (one word changed), some new.
+            let recs: Vec<CanonicalRecord> = (0..12)
+                .map(|_| {
+                    let mut v = base[next(base.len() as u64) as usize].clone();
+                    if next(3) == 0 {
+                        let p = v["completion"].as_str().unwrap().replace("inspect", "examine");
+                        v["completion"] = p.into();
+                    }
+                    canon(&v)
+                })
+                .collect();
+            if c % 9 == 4 {
+                // A dead admission (no marker) of other records: must not count or survive a merge.
+                apply(&trees, store.classify(&trees, &m, d, ContributionId([c; 32]), &records(&m, 30)).unwrap());
+            }
+            let ack = admission::admit_local(&store, &Identity::from_seed([c; 32]), &d, recs.clone()).await.unwrap().meta;
+            let (mut new, mut dups, mut near) = (0, 0, 0);
+            let firsts: Vec<_> = recs.into_iter().filter(|r| seen.insert(r.hash)).collect();
+            dups += 12 - firsts.len() as u32;
+            for (r, p) in firsts.iter().zip(near_parts_all(&m, &firsts.iter().collect::<Vec<_>>())) {
+                new += 1;
+                near += classify_near(&mut mem, &m, r.hash, p).is_some() as u32;
+            }
+            assert_eq!((ack.new_records, ack.duplicates, ack.near_duplicates), (new, dups, near), "contribution {c}");
+            totals = (totals.0 + dups, totals.1 + near);
+        }
+        assert!(totals.0 > 50 && totals.1 > 10, "the sequence has duplicates and near-duplicates: {totals:?}");
+        assert!(seen.len() > 100, "the sequence covers most base records and variants");
+        let merged = trees.recs.iter().keys().filter(|k| k.as_ref().unwrap()[34..] == MERGED).count();
+        assert!(merged > 0, "buckets were merged");
     }
 
     // Concurrent admissions of overlapping records are serialized: every record is new exactly once.

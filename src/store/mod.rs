@@ -53,10 +53,12 @@ pub(crate) mod trees {
     pub const CONTRIBUTION_META: &str = "contribution_meta";
     /// DatanetId ‖ seq (u64 BE) → ContributionId, in local admission order.
     pub const BY_DATANET: &str = "by_datanet";
-    /// DatanetId ‖ RecordHash → ContributionId that first admitted it here.
-    pub const RECORDS: &str = "records";
-    /// DatanetId ‖ near-duplicate key → canonical RecordHash of the cluster.
-    pub const NEAR_INDEX: &str = "near_index";
+    /// DatanetId ‖ bucket (u16 BE) ‖ ContributionId → sorted (record key, RecordHash) entries:
+    /// the records that contribution admitted first here (bucketed index, see `contributions`).
+    pub const RECORDS: &str = "record_buckets";
+    /// DatanetId ‖ bucket (u16 BE) ‖ ContributionId → sorted (band key, canonical RecordHash)
+    /// entries of the near-duplicate index.
+    pub const NEAR_INDEX: &str = "near_buckets";
     /// DatanetId ‖ RecordHash → MinHash signature (text Datanets).
     pub const SIGNATURES: &str = "signatures";
     /// Counters.
