@@ -66,6 +66,10 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 fn canonical_text(s: &str) -> String {
+    // Most text is already NFC (all ASCII is): the quick check spares the rebuild.
+    if unicode_normalization::is_nfc_quick(s.chars()) == unicode_normalization::IsNormalized::Yes {
+        return s.trim().to_string();
+    }
     s.nfc().collect::<String>().trim().to_string()
 }
 

@@ -37,36 +37,43 @@ pub fn record_text(v: &Value) -> String {
 
 /// The MinHash signature of `text`.
 pub fn minhash(text: &str) -> Signature {
-    let norm: Vec<char> = {
+    let norm: Vec<u32> = {
         let mut out = Vec::with_capacity(text.len());
         let mut space = false;
-        for c in text.chars().flat_map(char::to_lowercase) {
+        let mut push = |c: char| {
             if c.is_whitespace() {
                 if !space && !out.is_empty() {
-                    out.push(' ');
+                    out.push(' ' as u32);
                 }
                 space = true;
             } else {
-                out.push(c);
+                out.push(c as u32);
                 space = false;
             }
+        };
+        for c in text.chars() {
+            if c.is_ascii() { push(c.to_ascii_lowercase()) } else { c.to_lowercase().for_each(&mut push) }
         }
         out
     };
     let mut sig = [u32::MAX; SLOTS];
     let mut filled = [false; SLOTS];
     let n = norm.len();
-    let windows = if n <= SHINGLE { 1 } else { n - SHINGLE + 1 };
-    for w in 0..windows {
-        // FNV-1a over the shingle's code points, then mixed.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for c in &norm[w..(w + SHINGLE).min(n)] {
-            h ^= *c as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    // Each shingle's polynomial hash over its code points (rolled from the previous one), mixed.
+    const B: u64 = 0x0000_0100_0000_01b3;
+    let width = n.min(SHINGLE);
+    let top = B.wrapping_pow((width as u32).saturating_sub(1));
+    let mut h = norm[..width].iter().fold(0u64, |h, c| h.wrapping_mul(B).wrapping_add(*c as u64 + 1));
+    for w in 0..=(n - width) {
+        if w > 0 {
+            h = h
+                .wrapping_sub(top.wrapping_mul(norm[w - 1] as u64 + 1))
+                .wrapping_mul(B)
+                .wrapping_add(norm[w + width - 1] as u64 + 1);
         }
-        let h = mix64(h);
-        let slot = (h >> 58) as usize; // top 6 bits pick the slot
-        let val = h as u32;
+        let m = mix64(h);
+        let slot = (m >> 58) as usize; // top 6 bits pick the slot
+        let val = m as u32;
         if val <= sig[slot] {
             sig[slot] = val;
             filled[slot] = true;
@@ -188,6 +195,14 @@ pub fn features_from_bytes(b: &[u8]) -> Vec<f64> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    // Empty and shorter-than-a-shingle texts have a signature (no panic), equal for equal text.
+    #[test]
+    fn short_texts_have_signatures() {
+        assert_eq!(minhash(""), minhash("  "));
+        assert_eq!(minhash("abc"), minhash("ABC"));
+        assert_ne!(minhash("abc"), minhash("abd"));
+    }
 
     // A one-word edit of a long text is near-identical; an unrelated text is not.
     #[test]

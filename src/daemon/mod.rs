@@ -376,6 +376,32 @@ pub struct DaemonActor {
     epochs: epoch::Epochs,
 }
 
+/// When the fetch queue is full, the queued (not running) entry to drop for a newcomer from
+/// `announcer`: one of the announcer with the most entries queued, if the newcomer's announcer
+/// has fewer — so a peer flooding validly signed announcements it never serves crowds out only
+/// its own, never the other peers' (fair share per announcing peer). `None`: drop the newcomer.
+fn evict_for(
+    pending: &HashMap<ContributionId, Pending>,
+    in_flight: &HashSet<ContributionId>,
+    announcer: Option<PeerId>,
+) -> Option<ContributionId> {
+    let mut counts: HashMap<Option<PeerId>, usize> = HashMap::new();
+    for p in pending.values() {
+        *counts.entry(p.announcer).or_default() += 1;
+    }
+    let mine = counts.get(&announcer).copied().unwrap_or(0);
+    let (top, most) = counts.into_iter().max_by_key(|(a, n)| (*n, a.map(|p| p.to_bytes())))?;
+    if mine + 1 >= most {
+        return None;
+    }
+    // The top announcer's entry tried most, then queued last.
+    pending
+        .iter()
+        .filter(|(id, p)| p.announcer == top && !in_flight.contains(*id))
+        .max_by_key(|(id, p)| (p.attempts, p.queued_at, **id))
+        .map(|(id, _)| *id)
+}
+
 /// Local contributions kept for a later announcement, at most.
 const UNANNOUNCED_MAX: usize = 1024;
 
@@ -564,6 +590,9 @@ impl DaemonActor {
             }
             NetEvent::CatchupRequest { peer, request, respond } => self.serve_catchup(peer, request, respond),
             NetEvent::PeerSubscribed { peer, datanet } => self.catch_up_from(peer, datanet),
+            // Asked again when it comes back: it may hold more by then, and the set stays bounded
+            // by the connected peers.
+            NetEvent::PeerGone { peer } => self.asked.retain(|(p, _)| *p != peer),
             NetEvent::PeerRecord { key } => {
                 let now = Instant::now();
                 for p in self.pending.values_mut() {
@@ -678,7 +707,12 @@ impl DaemonActor {
         }
         if self.pending.len() >= self.cfg.net.fetch_queue_max as usize {
             DaemonMetrics::inc(&self.metrics.fetch_queue_full);
-            return;
+            match evict_for(&self.pending, &self.in_flight, announcer) {
+                Some(victim) => {
+                    self.pending.remove(&victim);
+                }
+                None => return,
+            }
         }
         let mut all: Vec<PeerKey> = providers.into_iter().filter(|k| *k != me).collect();
         if let Some(h) = self.holders.get(&id) {
@@ -981,4 +1015,47 @@ async fn contribute_local(
         announced: false,
     };
     Ok((ack.contribution, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::ContributionRecord;
+
+    fn pending(n: u8, announcer: Option<PeerId>) -> (ContributionId, Pending) {
+        let who = Identity::from_seed([n; 32]);
+        let body = ContributionRecord {
+            datanet: DatanetId([1; 32]),
+            contributor: who.public_key(),
+            created_ms: n as u64,
+            root: crate::ids::BlobHash([n; 32]),
+            records_root: crate::merkle::root(&[[n; 32]]),
+            record_count: 1,
+            byte_count: 10,
+            chunk_count: 1,
+        };
+        let signed = Signed::sign(body, &who.signing_key());
+        let now = Instant::now();
+        let p = Pending { signed, providers: vec![], announcer, attempts: 0, queued_at: now, next_try: now };
+        (p.signed.body.id(), p)
+    }
+
+    // A full queue makes room for a newcomer only at the expense of the announcer holding the most entries, and never of a running fetch.
+    #[test]
+    fn full_fetch_queue_evicts_the_flooder_not_the_newcomer() {
+        let (flooder, honest, other) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut q: HashMap<ContributionId, Pending> = (0..6).map(|i| pending(i, Some(flooder))).collect();
+        q.extend((6..8).map(|i| pending(i, Some(honest))));
+        let running: HashSet<ContributionId> =
+            q.iter().filter(|(_, p)| p.signed.body.created_ms == 0).map(|(id, _)| *id).collect();
+        let victim = evict_for(&q, &running, Some(other)).expect("room for a new announcer");
+        assert_eq!(q[&victim].announcer, Some(flooder));
+        assert!(!running.contains(&victim));
+        // The flooder itself gets no room: its newcomer is dropped.
+        assert_eq!(evict_for(&q, &running, Some(flooder)), None);
+        // Equal shares: nobody is evicted.
+        let even: HashMap<_, _> = (0..4).map(|i| pending(i, Some(if i % 2 == 0 { flooder } else { honest }))).collect();
+        assert_eq!(evict_for(&even, &HashSet::new(), Some(honest)), None);
+        assert_eq!(evict_for(&HashMap::new(), &HashSet::new(), None), None);
+    }
 }

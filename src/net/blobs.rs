@@ -115,6 +115,13 @@ impl BlobNode {
         }
     }
 
+    /// Forgets `key`'s addresses.
+    pub fn forget(&self, key: &PeerKey) {
+        if let Ok(id) = keys::endpoint_id(key) {
+            self.lookup.remove_endpoint_info(id);
+        }
+    }
+
     /// Whether an address for `key` is known.
     pub fn knows(&self, key: &PeerKey) -> bool {
         keys::endpoint_id(key).ok().and_then(|id| self.lookup.get_endpoint_info(id)).is_some()

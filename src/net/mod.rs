@@ -75,6 +75,8 @@ pub const PEERS_TOPIC: &str = "datanet/peers/1";
 #[derive(Debug, Default)]
 pub struct NetMetrics {
     pub peers_connected: AtomicU64,
+    /// Connected peers whose gossipsub score is below the graylist threshold (all they send is dropped).
+    pub peers_graylisted: AtomicU64,
     pub connections_refused: AtomicU64,
     pub seed_dials: AtomicU64,
     pub seed_dial_failures: AtomicU64,
@@ -102,6 +104,12 @@ impl NetMetrics {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         vec![
             ("datanet_peers_connected", "Connected libp2p peers.", "gauge", g(&self.peers_connected)),
+            (
+                "datanet_peers_graylisted",
+                "Connected peers below gossipsub's graylist threshold (their messages are dropped unread).",
+                "gauge",
+                g(&self.peers_graylisted),
+            ),
             (
                 "datanet_connections_refused_total",
                 "Connections refused by limits.",

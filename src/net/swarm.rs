@@ -55,6 +55,8 @@ pub enum NetEvent {
     PeerSubscribed { peer: PeerId, datanet: DatanetId },
     /// A newer signed peer record was accepted: the peer's blobs are now reachable.
     PeerRecord { key: PeerKey },
+    /// The last connection to a peer closed.
+    PeerGone { peer: PeerId },
 }
 
 /// One connected peer, for `datanet peers` and the status page.
@@ -412,6 +414,11 @@ const SHUTDOWN_STEP: Duration = Duration::from_secs(10);
 /// Inbound catch-up requests waiting for the daemon's answer, at most.
 const PENDING_INBOUND_MAX: usize = 1024;
 
+/// Application scores and peer records kept, at most: past this, the entries of peers not
+/// connected are dropped, so identity churn cannot grow them without bound. (A dropped penalty
+/// is not a gift: gossipsub keeps its own score of a disconnected peer for `retain_score`.)
+const PEER_STATE_MAX: usize = 4096;
+
 impl NetActor {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -538,6 +545,10 @@ impl NetActor {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.mesh_peers(&t).count());
             }
             Command::Penalize(peer) => {
+                if self.app_scores.len() >= PEER_STATE_MAX && !self.app_scores.contains_key(&peer) {
+                    let connected = &self.connected;
+                    self.app_scores.retain(|p, _| connected.contains_key(p));
+                }
                 let s = self.app_scores.entry(peer).or_insert(0.0);
                 *s -= 1.0;
                 let s = *s;
@@ -609,6 +620,11 @@ impl NetActor {
 
     fn on_tick(&mut self) {
         self.dial_seeds();
+        // gossipsub drops everything a graylisted peer sends without telling anyone: count them.
+        let gray = gossipsub::PeerScoreThresholds::default().graylist_threshold;
+        let g = &self.swarm.behaviour().gossipsub;
+        let graylisted = self.connected.keys().filter(|p| g.peer_score(p).is_some_and(|s| s < gray)).count();
+        self.metrics.peers_graylisted.store(graylisted as u64, std::sync::atomic::Ordering::Relaxed);
         if Instant::now() >= self.next_record_at {
             self.next_record_at = Instant::now() + Duration::from_secs(self.cfg.peer_record_interval_secs);
             let rec = self.own_record();
@@ -636,6 +652,18 @@ impl NetActor {
         }
         if self.records.get(&key).is_some_and(|old| old.body.issued_ms >= rec.body.issued_ms) {
             return Ok(false);
+        }
+        if self.records.len() >= PEER_STATE_MAX && !self.records.contains_key(&key) {
+            let connected: std::collections::HashSet<PeerKey> =
+                self.connected.keys().filter_map(|p| keys::peer_key(p).ok()).collect();
+            let (blobs, before) = (&self.blobs, self.records.len());
+            self.records.retain(|k, _| {
+                connected.contains(k) || {
+                    blobs.forget(k);
+                    false
+                }
+            });
+            tracing::info!(target: "datanet::net", dropped = before - self.records.len(), "peer records of disconnected peers dropped (table full)");
         }
         self.blobs.learn(&key, &rec.body.iroh_addrs);
         if let Ok(pid) = keys::peer_id(&key) {
@@ -688,6 +716,7 @@ impl NetActor {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.connected.remove(&peer_id);
+                self.emit(NetEvent::PeerGone { peer: peer_id });
                 self.metrics.peers_connected.store(self.connected.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if let Some(s) = self.seeds.get_mut(&peer_id) {
                     s.next_dial = Instant::now() + Duration::from_millis(self.cfg.reconnect_backoff_min_ms);
