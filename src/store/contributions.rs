@@ -400,7 +400,8 @@ impl Store {
         records: &[CanonicalRecord],
     ) -> Result<Classified, StoreError> {
         let mut live = Liveness { metas: &trees.metas, known: HashMap::new() };
-        let (rec_index, near_index) = (Buckets { tree: &trees.recs, datanet: d }, Buckets { tree: &trees.near, datanet: d });
+        let (rec_index, near_index) =
+            (Buckets { tree: &trees.recs, datanet: d }, Buckets { tree: &trees.near, datanet: d });
         // Exact duplicates first (of committed records, or earlier in this contribution).
         let mut seen = std::collections::HashSet::new();
         let firsts: Vec<&CanonicalRecord> = records.iter().filter(|r| seen.insert(r.hash)).collect();
@@ -413,8 +414,7 @@ impl Store {
         let parts = near_parts_all(manifest, &fresh);
         let band_keys: Vec<u64> = parts.iter().flat_map(|p| p.keys.iter().copied()).collect();
         let near_found = near_index.lookup(&band_keys, &mut live)?;
-        let committed =
-            near_found.entries.iter().filter_map(|(k, rs)| rs.iter().min().map(|r| (*k, *r))).collect();
+        let committed = near_found.entries.iter().filter_map(|(k, rs)| rs.iter().min().map(|r| (*k, *r))).collect();
         let mut idx = StoreNear {
             sigs: &trees.sigs,
             datanet: d,
@@ -765,7 +765,8 @@ mod tests {
                 // A dead admission (no marker) of other records: must not count or survive a merge.
                 apply(&trees, store.classify(&trees, &m, d, ContributionId([c; 32]), &records(&m, 30)).unwrap());
             }
-            let ack = admission::admit_local(&store, &Identity::from_seed([c; 32]), &d, recs.clone()).await.unwrap().meta;
+            let ack =
+                admission::admit_local(&store, &Identity::from_seed([c; 32]), &d, recs.clone()).await.unwrap().meta;
             let (mut new, mut dups, mut near) = (0, 0, 0);
             let firsts: Vec<_> = recs.into_iter().filter(|r| seen.insert(r.hash)).collect();
             dups += 12 - firsts.len() as u32;
