@@ -54,17 +54,19 @@ bench-replicate: setup
 	$(CARGO) run --release --example swarm_bench -- replicate --mb 256
 
 # DatanetBench (attribution quality, DESIGN.md §10): every scenario in testnet/bench/, 5 seeds each;
-# each run ends with a `RESULT scenario=… pass=…` line. `make test` runs a reduced S2/S3/S5.
+# each run ends with a `RESULT scenario=… pass=…` line. `make test` runs a reduced S2 (tabular and
+# text), S3 and S5. The text S2 uses its built-in corpus (`generator`), shown as data `-`.
 BENCH_DATA := tests/data
 bench-attribution: release
 	@set -e; mkdir -p target; rm -f target/bench-attribution.log; for run in \
 		"s1-spearman.toml breast_cancer.csv" "s2-curated-vs-volume.toml digits.csv.gz" \
+		"s2-text-curated-vs-volume.toml -" \
 		"s3-duplication.toml breast_cancer.csv" "s4-near-duplicates.toml breast_cancer.csv" \
 		"s5-sybil.toml breast_cancer.csv" "s6-label-flips.toml breast_cancer.csv" "s6-label-flips.toml digits.csv.gz" \
 		"s8-outliers.toml breast_cancer.csv" "s9-overlap.toml breast_cancer.csv" "s11-cost.toml breast_cancer.csv"; do \
-		set -- $$run; echo "== $$1 on $$2"; \
-		$(BIN) bench attribution --scenario testnet/bench/$$1 --data $(BENCH_DATA)/$$2 | tee -a target/bench-attribution.log; \
-	done; grep '^RESULT' target/bench-attribution.log | tail -n 10
+		set -- $$run; echo "== $$1 on $$2"; data=; [ "$$2" = - ] || data="--data $(BENCH_DATA)/$$2"; \
+		$(BIN) bench attribution --scenario testnet/bench/$$1 $$data | tee -a target/bench-attribution.log; \
+	done; grep '^RESULT' target/bench-attribution.log | tail -n 11
 
 # Epoch agreement: 5,000 simulator seeds (n = 4, 7, 16 with f Byzantine and network faults).
 sim-long: release

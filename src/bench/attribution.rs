@@ -36,9 +36,15 @@ use std::path::{Path, PathBuf};
 /// Options of `datanet bench attribution`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AttributionBenchArgs {
-    /// Data set: CSV (label last, optional `n_samples,n_features,classes…` header, `.gz` ok) or JSONL text.
+    /// Data set: CSV (label last, optional `n_samples,n_features,classes…` header, `.gz` ok) or JSONL
+    /// text (`{"text"}` or `{"prompt","completion"}` records, optional `"slice": "critical"`).
+    /// Optional when the scenario names a built-in `generator`.
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
+    /// Write the scenario's generated text corpus to this JSONL file and exit (to inspect or edit
+    /// it, and to pass it back with --data).
+    #[arg(long)]
+    pub write_data: Option<PathBuf>,
     /// Scenario file (see testnet/bench/).
     #[arg(long)]
     pub scenario: PathBuf,
@@ -53,15 +59,40 @@ pub struct AttributionBenchArgs {
 /// A loaded data set.
 #[derive(Clone, Debug)]
 pub enum Dataset {
-    Tabular { features: u32, classes: u32, rows: Vec<(Vec<f64>, u32)> },
-    Text { rows: Vec<String> },
+    Tabular {
+        features: u32,
+        classes: u32,
+        rows: Vec<(Vec<f64>, u32)>,
+    },
+    /// JSONL text: all `{"text": …}` records, or all `{"prompt": …, "completion": …}` (instruct).
+    Text {
+        instruct: bool,
+        rows: Vec<TextRow>,
+    },
+}
+
+/// One text record and the slice it belongs to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextRow {
+    /// The record as a contributor would submit it (without the `slice` field).
+    pub record: Value,
+    /// In the critical slice: the line's `"slice"` was `"critical"` (anything else is common).
+    pub critical: bool,
 }
 
 impl Dataset {
     fn len(&self) -> usize {
         match self {
             Dataset::Tabular { rows, .. } => rows.len(),
-            Dataset::Text { rows } => rows.len(),
+            Dataset::Text { rows, .. } => rows.len(),
+        }
+    }
+
+    fn task(&self) -> TaskKind {
+        match self {
+            Dataset::Tabular { features, classes, .. } => TaskKind::Tabular { features: *features, classes: *classes },
+            Dataset::Text { instruct: true, .. } => TaskKind::Instruct,
+            Dataset::Text { .. } => TaskKind::Text,
         }
     }
 }
@@ -99,16 +130,39 @@ pub fn load_data(path: &Path) -> Result<Dataset, DataError> {
     let line_err = |line: usize, reason: String| DataError::Line { path: shown.clone(), line, reason };
     if name.trim_end_matches(".gz").ends_with(".jsonl") {
         let mut rows = Vec::new();
+        let mut kind: Option<bool> = None;
         for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: Value = serde_json::from_str(l).map_err(|e| line_err(i + 1, format!("not JSON: {e}")))?;
-            let t =
-                v.get("text").and_then(Value::as_str).ok_or_else(|| line_err(i + 1, "field `text` missing".into()))?;
-            rows.push(t.to_string());
+            let line = i + 1;
+            let kind_name = |instruct: bool| if instruct { "instruct (prompt, completion)" } else { "text" };
+            let mut v: Value = serde_json::from_str(l).map_err(|e| line_err(line, format!("not JSON: {e}")))?;
+            let obj = v.as_object_mut().ok_or_else(|| line_err(line, "not a JSON object".into()))?;
+            let critical = match obj.remove("slice") {
+                None => false,
+                Some(Value::String(s)) => s == "critical",
+                Some(_) => return Err(line_err(line, "field `slice` must be a string".into())),
+            };
+            let instruct = obj.contains_key("prompt") || obj.contains_key("completion");
+            let fields: &[&str] = if instruct { &["prompt", "completion"] } else { &["text"] };
+            for f in fields {
+                if !obj.get(*f).is_some_and(Value::is_string) {
+                    return Err(line_err(line, format!("field `{f}` missing or not a string")));
+                }
+            }
+            match kind {
+                Some(k) if k != instruct => {
+                    return Err(line_err(
+                        line,
+                        format!("a {} record, but the file's first record is {}", kind_name(instruct), kind_name(k)),
+                    ));
+                }
+                _ => kind = Some(instruct),
+            }
+            rows.push(TextRow { record: v, critical });
         }
         if rows.is_empty() {
             return Err(DataError::Empty { path: shown });
         }
-        return Ok(Dataset::Text { rows });
+        return Ok(Dataset::Text { instruct: kind.unwrap_or(false), rows });
     }
     let lines: Vec<(usize, &str)> =
         text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l)).collect();
@@ -248,6 +302,34 @@ pub struct Scenario {
     /// Override the scenario's default target.
     #[serde(default)]
     pub target: Option<f64>,
+    /// Text S2 without `--data`: the built-in corpus (`instruct`: the testnet's color questions as
+    /// the common slice, negating integers as the critical slice; see [`generated_corpus`]).
+    #[serde(default)]
+    pub generator: Option<String>,
+    /// Text: decoder layers and width of the base (a small llama with a byte tokenizer, 4 heads).
+    #[serde(default = "d_layers")]
+    pub model_layers: u32,
+    #[serde(default = "d_hidden")]
+    pub model_hidden: u32,
+    /// Learning rate of base pretraining (default: `learning_rate`).
+    #[serde(default)]
+    pub base_learning_rate: Option<f64>,
+    /// Text: input tokens per training sequence at most.
+    #[serde(default = "d_seq")]
+    pub sequence_length: u32,
+    /// LoRA target modules (default: `all` for the mlp, the attention projections for the decoder).
+    #[serde(default)]
+    pub target_modules: Vec<String>,
+}
+
+fn d_layers() -> u32 {
+    2
+}
+fn d_hidden() -> u32 {
+    64
+}
+fn d_seq() -> u32 {
+    48
 }
 
 fn d_seeds() -> u32 {
@@ -383,6 +465,26 @@ impl Scenario {
         if !(0.0..=1.0).contains(&self.unit_cap) || self.unit_cap == 0.0 {
             return bad("unit_cap", "must be in (0, 1]".into());
         }
+        if !(1..=8).contains(&self.model_layers) {
+            return bad("model_layers", "must be between 1 and 8".into());
+        }
+        if !(8..=512).contains(&self.model_hidden) || self.model_hidden % 4 != 0 {
+            return bad("model_hidden", "must be a multiple of 4 between 8 and 512".into());
+        }
+        if !(4..=1024).contains(&self.sequence_length) {
+            return bad("sequence_length", "must be between 4 and 1024".into());
+        }
+        if self.base_learning_rate.is_some_and(|lr| !(lr > 0.0 && lr <= 1.0)) {
+            return bad("base_learning_rate", "must be in (0, 1]".into());
+        }
+        if let Some(g) = &self.generator
+            && g != "instruct"
+        {
+            return bad("generator", format!("unknown generator `{g}` (instruct)"));
+        }
+        if matches!(data, Dataset::Text { .. }) && self.scenario != "S2" {
+            return bad("scenario", format!("{} runs on tabular data; text data runs S2", self.scenario));
+        }
         let n = data.len() as u64;
         let need = self.eval_records as u64
             + self.base_records as u64
@@ -411,10 +513,51 @@ impl Scenario {
             "S9" if self.overlap <= 0.0 || self.overlap >= 1.0 => {
                 bad("overlap", "S9 needs an overlap strictly between 0 and 1".into())
             }
+            "S2" if !(0.0..1.0).contains(&self.critical_weight) || self.critical_weight == 0.0 => {
+                bad("critical_weight", "must be in (0, 1)".into())
+            }
+            "S2" if self.redundant == 0 => bad("redundant", "S2 needs redundant records".into()),
+            "S2" if matches!(data, Dataset::Text { .. }) => {
+                let Dataset::Text { rows, .. } = data else { unreachable!() };
+                if !self.critical_classes.is_empty() {
+                    return bad(
+                        "critical_classes",
+                        "is for tabular data; text rows name their slice (`\"slice\": \"critical\"`)".into(),
+                    );
+                }
+                let critical = rows.iter().filter(|r| r.critical).count() as u64;
+                let common = rows.len() as u64 - critical;
+                let (ec, eo) = self.text_eval_split();
+                if ec == 0 {
+                    return bad("eval_records", "text S2 takes half from each slice: at least 2".into());
+                }
+                if self.curated == 0 || self.curated as u64 + ec as u64 > critical {
+                    return bad(
+                        "curated",
+                        format!(
+                            "between 1 and {} (the data's {critical} critical rows less {ec} for evaluation)",
+                            critical.saturating_sub(ec as u64)
+                        ),
+                    );
+                }
+                if self.base_records == 0 {
+                    return bad("base_records", "the text base is pretrained on the common slice: at least 1".into());
+                }
+                let taken = eo as u64 + self.base_records as u64;
+                if taken + self.redundant as u64 > common {
+                    return bad(
+                        "redundant",
+                        format!(
+                            "at most {} distinct common rows (the data's {common} less {eo} for evaluation and {} for the base)",
+                            common.saturating_sub(taken),
+                            self.base_records
+                        ),
+                    );
+                }
+                Ok(())
+            }
             "S2" => {
-                let Dataset::Tabular { classes, rows, .. } = data else {
-                    return bad("scenario", "S2 runs on tabular data (label last)".into());
-                };
+                let Dataset::Tabular { classes, rows, .. } = data else { unreachable!() };
                 if self.critical_classes.is_empty() || self.critical_classes.iter().any(|c| c >= classes) {
                     return bad(
                         "critical_classes",
@@ -423,9 +566,6 @@ impl Scenario {
                 }
                 if self.critical_classes.len() as u32 >= *classes {
                     return bad("critical_classes", "the common slice needs at least one class".into());
-                }
-                if !(0.0..1.0).contains(&self.critical_weight) || self.critical_weight == 0.0 {
-                    return bad("critical_weight", "must be in (0, 1)".into());
                 }
                 let critical = rows.iter().filter(|r| self.critical_classes.contains(&r.1)).count() as u64;
                 let crit_eval = (self.eval_records as u64 * critical).div_ceil(n);
@@ -438,13 +578,24 @@ impl Scenario {
                         ),
                     );
                 }
-                if self.redundant == 0 {
-                    return bad("redundant", "S2 needs redundant records".into());
-                }
                 Ok(())
             }
             _ => Ok(()),
         }
+    }
+
+    /// The built-in corpus of `generator`, sized for this scenario's evaluation, base and
+    /// contributors.
+    pub fn generate(&self, generator: &str) -> anyhow::Result<Dataset> {
+        let (ec, eo) = self.text_eval_split();
+        let common = eo + self.base_records as usize + self.redundant as usize;
+        generated_corpus(generator, common, ec + self.curated as usize)
+    }
+
+    /// Text S2: evaluation rows from the critical and the common slice (half each).
+    fn text_eval_split(&self) -> (usize, usize) {
+        let critical = self.eval_records as usize / 2;
+        (critical, self.eval_records as usize - critical)
     }
 
     fn default_target(&self) -> (&'static str, f64, bool) {
@@ -500,9 +651,7 @@ fn record_parts(v: &Value) -> (Vec<f64>, u32) {
 impl World {
     fn build(s: &Scenario, data: &Dataset, seed: u64, jobs: u32) -> anyhow::Result<World> {
         let Dataset::Tabular { features, classes, rows } = data else {
-            bail!(
-                "this runner measures tabular data with the mlp family; JSONL text data is parsed but its scenarios need a pretrained decoder base (not yet wired)"
-            );
+            return Self::build_text(s, data, seed, jobs);
         };
         let (features, classes) = (*features, *classes);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -641,6 +790,92 @@ impl World {
         })
     }
 
+    /// Text S2: the evaluation suite (half critical, half common rows), a small decoder pretrained
+    /// on common rows only (so it gets the critical slice wrong), `curated` critical rows and
+    /// `redundant` distinct common rows; LoRA coalition jobs through the same utility.
+    fn build_text(s: &Scenario, data: &Dataset, seed: u64, jobs: u32) -> anyhow::Result<World> {
+        let Dataset::Text { rows, .. } = data else { bail!("text world over tabular data") };
+        let task = data.task();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut critical: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].critical).collect();
+        let mut common: Vec<usize> = (0..rows.len()).filter(|&i| !rows[i].critical).collect();
+        critical.shuffle(&mut rng);
+        common.shuffle(&mut rng);
+        let (ec, eo) = s.text_eval_split();
+        let (curated, base_n, redundant) = (s.curated as usize, s.base_records as usize, s.redundant as usize);
+        if critical.len() < ec + curated || common.len() < eo + base_n + redundant {
+            bail!("{}: the data has too few rows for the scenario's sizes", s.scenario);
+        }
+        let rec = |i: &usize| rows[*i].record.clone();
+        let mut eval: Vec<Value> = Vec::with_capacity(ec + eo);
+        for (idx, slice) in [(&critical[..ec], "critical"), (&common[..eo], "common")] {
+            for i in idx {
+                let mut v = rec(i);
+                v["slice"] = json!(slice);
+                eval.push(v);
+            }
+        }
+        let eval_jsonl: String = eval.iter().map(|v| format!("{v}\n")).collect();
+        let curated: Vec<Value> = critical[ec..ec + curated].iter().map(rec).collect();
+        let base_records: Vec<Value> = common[eo..eo + base_n].iter().map(rec).collect();
+        let redundant: Vec<Value> = common[eo + base_n..eo + base_n + redundant].iter().map(rec).collect();
+        let modules = if s.target_modules.is_empty() {
+            vec!["q_proj".to_string(), "k_proj".into(), "v_proj".into(), "o_proj".into()]
+        } else {
+            s.target_modules.clone()
+        };
+        let manifest_toml = format!(
+            "name = \"bench-{name}-text\"\nlicense = \"CC-BY-4.0\"\nreward_pool = 1000000\n\
+             [task]\nkind = \"{kind}\"\n\
+             [admission]\ncontribution_records_max = 10000000\n\
+             [base_model]\nfamily = \"llama\"\npreset = \"tiny\"\nseed = {seed}\n\
+             [recipe]\nlora_rank = {rank}\nlora_alpha = {alpha}\ntarget_modules = {modules:?}\nsteps = {steps}\n\
+             learning_rate = {lr}\nbatch = {batch}\nsequence_length = {seq}\nrecords_per_unit_max = {rpu}\nseed = {seed}\n\
+             [eval]\npublic = \"eval.jsonl\"\nslices = [{{ name = \"common\", weight = {wc} }}, {{ name = \"critical\", weight = {wk} }}]\n\
+             [committee]\nmembers = [\"self\"]\n",
+            name = s.scenario,
+            kind = task.name(),
+            rank = s.lora_rank,
+            alpha = 2 * s.lora_rank,
+            steps = s.steps,
+            lr = s.learning_rate,
+            batch = s.batch,
+            seq = s.sequence_length,
+            rpu = s.records_per_unit_max,
+            wc = 1.0 - s.critical_weight,
+            wk = s.critical_weight,
+        );
+        let (manifest, _) = manifest_from(&manifest_toml, &eval_jsonl)?;
+        let base = text_base(s, &task, &manifest.recipe, &base_records, seed)?;
+        let job =
+            UtilityJob::new(base, &task, &manifest.recipe, &manifest.eval.slices, &eval, UtilityOptions::default())?;
+        let params = EpochParams {
+            unit_records_target: s.unit_records_target,
+            unit_records_min: s.unit_records_min,
+            unit_records_max: s.unit_records_max,
+            unit_count_max: s.unit_count_max,
+            unit_cap_ppm: (s.unit_cap * 1e6).round() as u32,
+            noise_floor_milli: (s.noise_floor * 1000.0).round() as u32,
+            ..EpochParams::from_manifest(&manifest, jobs)
+        };
+        let epoch_seed = *blake3::hash(format!("datanet-bench/{}-text/{seed}", s.scenario).as_bytes()).as_bytes();
+        Ok(World {
+            task,
+            manifest_toml,
+            eval_jsonl,
+            eval,
+            slices: Vec::new(),
+            extra: vec![curated, redundant],
+            job,
+            cache: UtilityCache::new(),
+            params,
+            epoch_seed,
+            recipe_seed: manifest.recipe.seed,
+            rng,
+            feature_scale: Vec::new(),
+        })
+    }
+
     /// Admits `contributions` (identity name, records) in order into a fresh datadir and measures
     /// the epoch; returns reward per identity name and the measurement.
     async fn run(&mut self, contributions: &[(String, Vec<Value>)]) -> anyhow::Result<Outcome> {
@@ -692,6 +927,120 @@ impl World {
         let values = records.into_iter().map(|r| (r.hash, r.value)).collect::<BTreeMap<_, _>>();
         Ok(Outcome { rewards, measured: m, admitted: values.len(), values })
     }
+}
+
+/// The text base: a small llama (byte tokenizer, 4 heads, 2 KV heads, tied embeddings) of the
+/// scenario's depth and width, random from `seed`, then pretrained on `records` (the common slice)
+/// with every tensor trainable. Deterministic in its inputs; cached under [`cache_dir`] by a hash of
+/// the config, the pretraining settings and the records, since every seed's variants share it.
+fn text_base(
+    s: &Scenario,
+    task: &TaskKind,
+    recipe: &crate::manifest::Recipe,
+    records: &[Value],
+    seed: u64,
+) -> anyhow::Result<crate::trainer::Base> {
+    let hidden = i64::from(s.model_hidden);
+    let config = crate::trainer::llama::LlamaConfig {
+        hidden_size: hidden,
+        intermediate_size: hidden * 2,
+        num_hidden_layers: i64::from(s.model_layers),
+        head_dim: hidden / 4,
+        max_position_embeddings: i64::from(s.sequence_length).max(64) * 2,
+        ..init::llama_preset("micro")?
+    };
+    let cfg = TrainConfig {
+        steps: s.base_steps,
+        learning_rate: s.base_learning_rate.unwrap_or(s.learning_rate),
+        seed,
+        ..TrainConfig::from_recipe(recipe)?
+    };
+    let mut h = blake3::Hasher::new_derive_key("datanet/bench/text-base/v1");
+    h.update(config.to_json().to_string().as_bytes());
+    h.update(format!("{cfg:?}").as_bytes());
+    for r in records {
+        h.update(r.to_string().as_bytes());
+        h.update(b"\n");
+    }
+    let dir = cache_dir().map(|d| d.join(format!("text-base-{}", &h.finalize().to_hex()[..16])));
+    if let Some(d) = &dir
+        && d.join("model.safetensors").exists()
+        && let Ok(base) = crate::trainer::Base::load(d, tch::Device::Cpu)
+    {
+        return Ok(base);
+    }
+    let t = std::time::Instant::now();
+    let base = init::random_llama(config, seed, tch::Device::Cpu)?;
+    let out = init::pretrain(&base, task, records, &cfg, 1, &mut |_| {})?;
+    eprintln!(
+        "pretrained the text base on {} common records: {} steps, loss {:.3} → {:.3} ({:.1} s)",
+        records.len(),
+        cfg.steps,
+        out.losses.first().copied().unwrap_or(0.0),
+        out.losses.last().copied().unwrap_or(0.0),
+        t.elapsed().as_secs_f64()
+    );
+    if let Some(d) = &dir {
+        // Written aside and renamed, so a concurrent or interrupted run never reads half a base.
+        let tmp = d.with_extension(format!("tmp{}", std::process::id()));
+        if init::save_base(&base, &tmp, None).is_ok() && std::fs::rename(&tmp, d).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    Ok(base)
+}
+
+/// Where pretrained text bases are cached: `$DATANET_BENCH_CACHE`, else `bench-cache/` in
+/// `$CARGO_TARGET_DIR` or in `./target` when that exists (a checkout); else nowhere.
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("DATANET_BENCH_CACHE") {
+        return Some(PathBuf::from(d));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    target.is_dir().then(|| target.join("bench-cache"))
+}
+
+/// The built-in text corpus of `generator = "instruct"`, from the testnet's generators
+/// ([`crate::testnet::scenario::generate`]) with a fixed corpus seed (the bench's seeds split it
+/// differently): `common` records ask the colors of eight things in five phrasings, each numbered,
+/// so all are distinct; `critical` records ask to negate an integer in 10..999, a skill a base
+/// pretrained on the common slice does not have — one record per integer, so at most 990.
+pub fn generated_corpus(generator: &str, common: usize, critical: usize) -> anyhow::Result<Dataset> {
+    if generator != "instruct" {
+        bail!("unknown generator `{generator}` (instruct)");
+    }
+    let mut rows: Vec<TextRow> = crate::testnet::scenario::generate("common", common, 1)?
+        .into_iter()
+        .map(|record| TextRow { record, critical: false })
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut crit: Vec<TextRow> = crate::testnet::scenario::generate("critical", 20_000, 2)?
+        .into_iter()
+        .filter(|r| seen.insert(r["prompt"].as_str().unwrap_or_default().to_string()))
+        .map(|record| TextRow { record, critical: true })
+        .collect();
+    if crit.len() < critical {
+        bail!(
+            "the instruct generator has {} distinct critical records; the scenario needs {critical} (curated + half of eval_records)",
+            crit.len()
+        );
+    }
+    crit.truncate(critical);
+    rows.extend(crit);
+    Ok(Dataset::Text { instruct: true, rows })
+}
+
+/// Writes a text data set as JSONL, each line with its `slice`: the layout `--data` reads back.
+pub fn write_jsonl(data: &Dataset, path: &Path) -> anyhow::Result<()> {
+    let Dataset::Text { rows, .. } = data else { bail!("only text data sets are written as JSONL") };
+    let mut out = String::new();
+    for r in rows {
+        let mut v = r.record.clone();
+        v["slice"] = json!(if r.critical { "critical" } else { "common" });
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
 fn manifest_from(toml_text: &str, eval_jsonl: &str) -> anyhow::Result<(Manifest, crate::manifest::EvalBlobs)> {
@@ -861,6 +1210,22 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
             extra.push(("utility_min".into(), u.iter().copied().min().unwrap_or(0) as f64));
             extra.push(("utility_max".into(), u.iter().copied().max().unwrap_or(0) as f64));
             extra.push(("screened".into(), plan.screened.len() as f64));
+            // Well-posedness: the base gets the critical slice wrong, and the curated records alone
+            // (one job's recipe and seed) teach it.
+            let slice = |r: &crate::trainer::eval::EvalReport, name: &str| {
+                r.slices.iter().find(|x| x.name == name).map_or((0.0, 0.0), |x| (x.loss, x.accuracy))
+            };
+            let critical = |r: &crate::trainer::eval::EvalReport| slice(r, "critical");
+            let (base_loss, base_acc) = critical(w.job.base_report());
+            extra.push(("base_common_loss".into(), slice(w.job.base_report(), "common").0));
+            let seed = crate::attribution::jobs::training_seed(w.epoch_seed, w.recipe_seed);
+            let (_, alone) = w.job.evaluate_seeded(&w.extra[0], seed)?;
+            let (alone_loss, alone_acc) = critical(&alone);
+            extra.push(("base_critical_loss".into(), base_loss));
+            extra.push(("base_critical_accuracy".into(), base_acc));
+            extra.push(("curated_alone_critical_loss".into(), alone_loss));
+            extra.push(("curated_alone_critical_accuracy".into(), alone_acc));
+            extra.push(("train_secs".into(), out.measured.train_secs));
             // Capped so a volume contributor paid nothing still averages to a finite figure.
             ratio(out.reward("curated"), out.reward("volume")).min(1000.0)
         }
@@ -1220,12 +1585,26 @@ pub async fn run_scenario(
 
 /// `datanet bench attribution`.
 pub async fn run(args: AttributionBenchArgs) -> anyhow::Result<()> {
-    let data = load_data(&args.data)?;
     let s = Scenario::read(&args.scenario)?;
+    if let Some(out) = &args.write_data {
+        let g = s
+            .generator
+            .as_deref()
+            .with_context(|| format!("--write-data: {} names no built-in `generator`", args.scenario.display()))?;
+        let data = s.generate(g)?;
+        write_jsonl(&data, out)?;
+        println!("wrote {} records to {}", data.len(), out.display());
+        return Ok(());
+    }
+    let (data, shown) = match (&args.data, &s.generator) {
+        (Some(p), _) => (load_data(p)?, p.display().to_string()),
+        (None, Some(g)) => (s.generate(g)?, format!("the built-in `{g}` corpus")),
+        (None, None) => bail!("--data FILE is required ({} names no built-in `generator`)", args.scenario.display()),
+    };
     s.validate(&args.scenario, &data)?;
     let seeds = args.seeds.unwrap_or(s.seeds);
     let jobs = args.jobs.unwrap_or(s.jobs);
-    println!("{} on {} ({} records): {}", s.scenario, args.data.display(), data.len(), s.description);
+    println!("{} on {shown} ({} records): {}", s.scenario, data.len(), s.description);
     let r = run_scenario(&data, &s, seeds, jobs, true).await?;
     let extra: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
     println!(
@@ -1287,7 +1666,67 @@ mod tests {
         assert!(e.contains("records_per_contributor"), "{e}");
     }
 
-    // The reduced DatanetBench run of `make test`: S2, S3 and S5 meet their targets end to end.
+    // JSONL text: both record kinds load with their slice; a mixed file, a missing field and a
+    // non-string slice name their line; the generated corpus written as JSONL reads back equal.
+    #[test]
+    fn loads_jsonl_text() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("t.jsonl");
+        std::fs::write(&p, "{\"text\":\"a b\"}\n\n{\"text\":\"c\",\"slice\":\"critical\"}\n").unwrap();
+        let Dataset::Text { instruct, rows } = load_data(&p).unwrap() else { panic!() };
+        assert!(!instruct);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1], TextRow { record: json!({"text": "c"}), critical: true });
+        for (body, want) in [
+            ("{\"text\":\"a\"}\n{\"prompt\":\"p\",\"completion\":\"c\"}\n", "line 2: a instruct"),
+            ("{\"prompt\":\"p\"}\n", "line 1: field `completion` missing"),
+            ("{\"text\":\"a\",\"slice\":3}\n", "line 1: field `slice` must be a string"),
+            ("[1]\n", "line 1: not a JSON object"),
+        ] {
+            std::fs::write(&p, body).unwrap();
+            let e = load_data(&p).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let data = generated_corpus("instruct", 40, 10).unwrap();
+        write_jsonl(&data, &p).unwrap();
+        let (Dataset::Text { instruct: true, rows: a }, Dataset::Text { instruct: true, rows: b }) =
+            (&data, &load_data(&p).unwrap())
+        else {
+            panic!()
+        };
+        assert_eq!(a, b);
+        assert_eq!(a.iter().filter(|r| r.critical).count(), 10);
+        assert!(generated_corpus("instruct", 1, 991).unwrap_err().to_string().contains("990 distinct"));
+    }
+
+    // Text S2 sizes are checked against the data, naming the key.
+    #[test]
+    fn text_scenario_errors_name_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("s.toml");
+        let data = generated_corpus("instruct", 300, 60).unwrap();
+        for (extra, key) in [
+            ("curated = 100\nredundant = 10\n", "key `curated`"),
+            ("curated = 10\nredundant = 400\n", "key `redundant`"),
+            ("curated = 10\nredundant = 10\ncritical_classes = [1]\n", "key `critical_classes`"),
+            ("curated = 10\nredundant = 10\nmodel_hidden = 30\n", "key `model_hidden`"),
+            ("curated = 10\nredundant = 10\ngenerator = \"poems\"\n", "key `generator`"),
+        ] {
+            std::fs::write(
+                &p,
+                format!("scenario = \"S2\"\ncritical_weight = 0.5\nbase_records = 50\neval_records = 20\n{extra}"),
+            )
+            .unwrap();
+            let e = Scenario::read(&p).unwrap().validate(&p, &data).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        std::fs::write(&p, "scenario = \"S3\"\ncopies = [2]\n").unwrap();
+        let e = Scenario::read(&p).unwrap().validate(&p, &data).unwrap_err().to_string();
+        assert!(e.contains("key `scenario`") && e.contains("text data runs S2"), "{e}");
+    }
+
+    // The reduced DatanetBench run of `make test`: S2 (tabular and text), S3 and S5 meet their
+    // targets end to end.
     #[test]
     fn reduced_bench_meets_targets() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -1296,12 +1735,16 @@ mod tests {
             ("s3-duplication.toml", "breast_cancer.csv"),
             ("s5-sybil.toml", "breast_cancer.csv"),
             ("s2-curated-vs-volume.toml", "digits.csv.gz"),
+            ("s2-text-curated-vs-volume.toml", "generated"),
         ] {
-            let data = load_data(&data_path(data)).unwrap();
             let mut s = Scenario::read(&dir.join(file)).unwrap();
             if s.scenario == "S2" {
                 s.redundant = s.redundant.min(3000);
             }
+            let data = match data {
+                "generated" => s.generate(s.generator.as_deref().unwrap()).unwrap(),
+                file => load_data(&data_path(file)).unwrap(),
+            };
             s.validate(&dir.join(file), &data).unwrap();
             // S3 and S5 variants admit the same distinct records, so their jobs hit the cache:
             // the file's T costs one epoch.
