@@ -208,6 +208,11 @@ struct Net {
 }
 
 async fn create(n: usize, manifest: &str, extra_config: &str) -> Net {
+    create_with(n, manifest, "", extra_config).await
+}
+
+/// [`create`] with extra lines for the `[net]` table.
+async fn create_with(n: usize, manifest: &str, net_extra: &str, extra_config: &str) -> Net {
     let tmp = tempfile::tempdir().unwrap();
     let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.path().join(format!("p{i}"))).collect();
     let ids: Vec<Identity> = dirs.iter().map(|d| Identity::init(d).unwrap()).collect();
@@ -230,7 +235,7 @@ async fn create(n: usize, manifest: &str, extra_config: &str) -> Net {
         let cfg = format!(
             "[net]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nseeds = [{seeds}]\ngossip_heartbeat_ms = 100\n\
              reconnect_backoff_min_ms = 100\nreconnect_backoff_max_ms = 1000\npeer_record_interval_secs = 1\n\
-             fetch_timeout_ms = 10000\n\n[datanets]\njoin = [\"{}\"]\n\n{extra_config}\n",
+             fetch_timeout_ms = 10000\n{net_extra}\n\n[datanets]\njoin = [\"{}\"]\n\n{extra_config}\n",
             ports[i],
             d.to_hex()
         );
@@ -470,6 +475,48 @@ mod hostile {
         Signed::sign(body, &signer.signing_key())
     }
 
+    /// Announces `count` validly signed contributions (each from a fresh contributor key) that
+    /// nobody serves, from one libp2p identity, then stays connected until `until`. Returns how
+    /// many were published.
+    pub async fn announce_spam(targets: Vec<(PeerId, Multiaddr)>, d: DatanetId, count: u64, until: Instant) -> u64 {
+        let key = Keypair::generate_ed25519();
+        let mut sw = swarm(key.clone(), MessageAuthenticity::Signed(key));
+        let topic = IdentTopic::new(contributions_topic(&d));
+        sw.behaviour_mut().gossipsub.subscribe(&topic).unwrap();
+        for (p, a) in &targets {
+            sw.dial(DialOpts::peer_id(*p).addresses(vec![a.clone()]).build()).unwrap();
+        }
+        let mut subscribed = HashSet::new();
+        let ready_by = Instant::now() + Duration::from_secs(20);
+        while subscribed.len() < targets.len() && Instant::now() < ready_by {
+            if let Ok(libp2p::swarm::SwarmEvent::Behaviour(AttackerEvent::Gossipsub(gossipsub::Event::Subscribed {
+                peer_id,
+                topic: t,
+            }))) = tokio::time::timeout(Duration::from_millis(100), sw.select_next_some()).await
+                && t == topic.hash()
+            {
+                subscribed.insert(peer_id);
+            }
+        }
+        // Let the mesh form (heartbeats) so the announcements go out.
+        let settle = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < settle {
+            let _ = tokio::time::timeout(Duration::from_millis(50), sw.select_next_some()).await;
+        }
+        let mut published = 0;
+        for n in 0..count {
+            let c = announce(&Identity::generate(), d, 1_000 + n, 1);
+            if sw.behaviour_mut().gossipsub.publish(topic.clone(), codec::encode(&ContributionsMessage::Announce(c))).is_ok() {
+                published += 1;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(5), sw.select_next_some()).await;
+        }
+        while Instant::now() < until {
+            let _ = tokio::time::timeout(Duration::from_millis(100), sw.select_next_some()).await;
+        }
+        published
+    }
+
     /// Kinds of message (see [`message`]): kind 2 is a replay, the last is over the daemons'
     /// transport limit and only sent once per identity that sends it (it ends its stream anyway).
     const KINDS: u64 = 12;
@@ -696,8 +743,11 @@ async fn hostile_peer_flood_is_rejected_with_bounded_memory() {
     };
     // A real contribution, added a few seconds into the flood, must still replicate.
     let add_at = Instant::now() + Duration::from_millis(rng.range(2000, 6000));
+    // Most graylisted peers b saw at once (gossipsub drops their traffic unread; the gauge shows it).
+    let mut graylisted = 0f64;
     while Instant::now() < add_at {
         sample(&mut timeline);
+        graylisted = graylisted.max(b.metrics().await.get("datanet_peers_graylisted").copied().unwrap_or(0.0));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let file = records_file(&tmp, "honest.jsonl", 1500, 600, "honest");
@@ -712,6 +762,7 @@ async fn hostile_peer_flood_is_rejected_with_bounded_memory() {
             replicated_after = Some(added.elapsed());
         }
         assert!(Instant::now() < deadline, "seed {seed}: the honest contribution did not replicate during the flood");
+        graylisted = graylisted.max(b.metrics().await.get("datanet_peers_graylisted").copied().unwrap_or(0.0));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let sent = attacker.await.unwrap();
@@ -719,6 +770,8 @@ async fn hostile_peer_flood_is_rejected_with_bounded_memory() {
     let replicated_after = replicated_after.unwrap();
     eprintln!("attacker sent {} messages under {} identities: {:?}", sent.total(), sent.identities, sent);
     eprintln!("honest contribution replicated {:.1}s after it was added", replicated_after.as_secs_f64());
+    eprintln!("b saw at most {graylisted} graylisted peers at once");
+    assert!(graylisted >= 1.0, "seed {seed}: the metrics never showed a graylisted attacker");
     let shown: Vec<String> = timeline.iter().map(|(t, r)| format!("{t:.1}s {}/{}", r[0] >> 10, r[1] >> 10)).collect();
     eprintln!("rss MiB a/b: {}", shown.join(", "));
     // The stretches of the flood before the honest contribution was added and from a second after
@@ -811,6 +864,51 @@ async fn hostile_peer_flood_is_rejected_with_bounded_memory() {
 /// same values).
 const EPOCH_CONFIG: &str = "[epoch]\njobs = 6\nview_timeout_ms = 3000\ncommit_window_ms = 15000\n\
     reveal_window_ms = 3000\nrebroadcast_ms = 1000\neval_fetch_timeout_ms = 10000\n";
+
+// A peer announcing 200 validly signed contributions it never serves fills a daemon's fetch queue (16 here); an honest contribution announced afterwards still replicates, because a full queue makes room at the expense of the announcer holding the most entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announce_spam_does_not_crowd_out_honest_contributions() {
+    let _serial = SERIAL.lock().await;
+    let mut net = create_with(2, "instruct.toml", "fetch_queue_max = 16\nfetch_in_flight_max = 2", "").await;
+    let d = net.d;
+    net.start_all();
+    net.wait_mesh().await;
+    let targets: Vec<(libp2p::PeerId, libp2p::Multiaddr)> = net
+        .ids
+        .iter()
+        .zip(&net.ports)
+        .map(|(id, port)| {
+            let pid = datanet::net::keys::peer_id(&id.public_key()).unwrap();
+            (pid, format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_secs(120);
+    let spammer = tokio::spawn(hostile::announce_spam(targets, d, 200, until));
+    let (a, b) = (&net.peers[0], &net.peers[1]);
+    wait_until("b's fetch queue is full of spam", Duration::from_secs(60), || async move {
+        b.metrics().await.get("datanet_fetch_queue_full_total").copied().unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    let file = records_file(net.tmp.path(), "honest.jsonl", 200, 300, "honest");
+    let id = contribute(a, &d, &file).await["id"].as_str().unwrap().to_string();
+    let id2 = id.clone();
+    wait_until("the honest contribution replicates to b", Duration::from_secs(60), || {
+        let id = id2.clone();
+        async move { b.held(&d).await.contains(&id) }
+    })
+    .await;
+    let m = b.metrics().await;
+    eprintln!(
+        "b: announcements accepted {}, queue full {}, queued {}, given up {}",
+        m.get("datanet_announces_accepted_total").copied().unwrap_or(0.0),
+        m["datanet_fetch_queue_full_total"],
+        m["datanet_fetch_queued"],
+        m.get("datanet_fetch_given_up_total").copied().unwrap_or(0.0)
+    );
+    assert!(m["datanet_fetch_queued"] <= 16.0, "the queue stays bounded");
+    spammer.abort();
+    net.stop_all();
+}
 
 async fn epochs(p: &Proc) -> Option<Vec<DatanetEpochs>> {
     let c = ApiClient::from_datadir(&p.dir)?;
