@@ -18,6 +18,7 @@ use crate::manifest::{Manifest, TaskKind};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 
 /// What this peer knows about a stored contribution beyond the signed record.
@@ -220,7 +221,7 @@ fn record_key64(h: &RecordHash) -> u64 {
 
 /// Live index contents for some keys, and how many live values each looked-up bucket holds.
 struct Found {
-    entries: HashMap<u64, Vec<RecordHash>>,
+    entries: FxHashMap<u64, Vec<RecordHash>>,
     values: HashMap<u16, usize>,
 }
 
@@ -235,7 +236,7 @@ impl Buckets<'_> {
         for k in keys {
             by_bucket.entry(bucket_of(*k)).or_default().push(*k);
         }
-        let mut found = Found { entries: HashMap::new(), values: HashMap::new() };
+        let mut found = Found { entries: FxHashMap::default(), values: HashMap::new() };
         for (b, mut ks) in by_bucket {
             ks.sort_unstable();
             ks.dedup();
@@ -317,9 +318,9 @@ fn entries_with(value: &[u8], key: u64) -> impl Iterator<Item = &[u8]> {
 struct StoreNear<'a> {
     sigs: &'a sled::Tree,
     datanet: DatanetId,
-    committed: HashMap<u64, RecordHash>,
-    pending_near: HashMap<u64, RecordHash>,
-    pending_sigs: HashMap<RecordHash, Vec<u8>>,
+    committed: FxHashMap<u64, RecordHash>,
+    pending_near: FxHashMap<u64, RecordHash>,
+    pending_sigs: FxHashMap<RecordHash, Vec<u8>>,
     failed: Option<sled::Error>,
 }
 
@@ -349,8 +350,8 @@ impl NearIndex for StoreNear<'_> {
 
 #[derive(Default)]
 struct MemNear {
-    near: HashMap<u64, RecordHash>,
-    sigs: HashMap<RecordHash, Vec<u8>>,
+    near: FxHashMap<u64, RecordHash>,
+    sigs: FxHashMap<RecordHash, Vec<u8>>,
 }
 
 impl NearIndex for MemNear {
@@ -403,7 +404,7 @@ impl Store {
         let (rec_index, near_index) =
             (Buckets { tree: &trees.recs, datanet: d }, Buckets { tree: &trees.near, datanet: d });
         // Exact duplicates first (of committed records, or earlier in this contribution).
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = rustc_hash::FxHashSet::default();
         let firsts: Vec<&CanonicalRecord> = records.iter().filter(|r| seen.insert(r.hash)).collect();
         let keys: Vec<u64> = firsts.iter().map(|r| record_key64(&r.hash)).collect();
         let held = rec_index.lookup(&keys, &mut live)?;
@@ -419,8 +420,8 @@ impl Store {
             sigs: &trees.sigs,
             datanet: d,
             committed,
-            pending_near: HashMap::new(),
-            pending_sigs: HashMap::new(),
+            pending_near: FxHashMap::with_capacity_and_hasher(band_keys.len(), Default::default()),
+            pending_sigs: FxHashMap::with_capacity_and_hasher(fresh.len(), Default::default()),
             failed: None,
         };
         let mut near_duplicates = 0;
