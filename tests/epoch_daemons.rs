@@ -183,6 +183,18 @@ async fn four_daemons_attest_one_epoch() {
     let total: u64 = v["contributors"].as_array().unwrap().iter().map(|c| c["reward"].as_u64().unwrap()).sum();
     assert_eq!(total, a.leaves.iter().map(|l| l.reward).sum::<u64>());
 
+    // A peer that joins after the epoch (not in the committee, empty ledger) catches its ledger up
+    // from the others: it asks for the attestations after its head and appends each one that
+    // verifies against the committee and chains.
+    let late_dir = tmp.path().join("late");
+    Identity::init(&late_dir).unwrap();
+    let late = start(&late_dir, test_config(std::slice::from_ref(&seed)), &m).await;
+    let hl = late.handle().clone();
+    wait_until("the late peer's ledger at epoch 1", WAIT, || async { head(&hl, &d).await == Some(1) }).await;
+    let (_, late_bytes) = hl.epoch_attestation(&d.to_hex(), None).await.unwrap();
+    assert_eq!(codec::decode::<Attestation>(&late_bytes).unwrap().hash(), a.hash());
+    daemons.push(late);
+
     for x in daemons {
         tokio::time::timeout(WAIT, x.shutdown()).await.expect("shutdown timed out");
     }

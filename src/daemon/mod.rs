@@ -157,6 +157,11 @@ enum Internal {
         report: ContributeReport,
     },
     Epoch(epoch::EpochInternal),
+    /// Ledger catch-up appended attestations; `asked` is free again.
+    LedgerCaughtUp {
+        datanet: DatanetId,
+        appended: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -301,6 +306,7 @@ pub async fn start(datadir: &Path, config: Config) -> Result<Daemon, DaemonError
         in_flight: HashSet::new(),
         holders: HashMap::new(),
         asked: HashSet::new(),
+        ledger_catchup: HashSet::new(),
         unannounced: Vec::new(),
         last_retry: Instant::now(),
         tasks: JoinSet::new(),
@@ -368,6 +374,8 @@ pub struct DaemonActor {
     in_flight: HashSet<ContributionId>,
     holders: HashMap<ContributionId, HashSet<PeerKey>>,
     asked: HashSet<(PeerId, DatanetId)>,
+    /// Datanets with a ledger catch-up running (one at a time each).
+    ledger_catchup: HashSet<DatanetId>,
     /// Local contributions whose announcement found no peer yet; retried every second.
     unannounced: Vec<ContributionId>,
     last_retry: Instant,
@@ -585,7 +593,7 @@ impl DaemonActor {
                 self.net.report(message_id, propagation_source, acceptance).await;
             }
             NetEvent::Gossip { datanet, kind: TopicKind::Epochs, propagation_source, message_id, data, .. } => {
-                let acceptance = self.on_epoch_message(datanet, &data).await;
+                let acceptance = self.on_epoch_message(datanet, propagation_source, &data).await;
                 self.net.report(message_id, propagation_source, acceptance).await;
             }
             NetEvent::CatchupRequest { peer, request, respond } => self.serve_catchup(peer, request, respond),
@@ -605,13 +613,13 @@ impl DaemonActor {
     }
 
     /// The seam for epoch agreement: validated here, then handed to the state machine.
-    async fn on_epoch_message(&mut self, datanet: DatanetId, data: &[u8]) -> MessageAcceptance {
+    async fn on_epoch_message(&mut self, datanet: DatanetId, from: PeerId, data: &[u8]) -> MessageAcceptance {
         DaemonMetrics::inc(&self.metrics.epoch_messages);
         if data.len() > self.cfg.net.epoch_message_bytes_max as usize {
             self.metrics.reject(RejectReason::Oversize);
             return MessageAcceptance::Reject;
         }
-        self.on_epoch_bytes(datanet, data).await
+        self.on_epoch_bytes(datanet, from, data).await
     }
 
     /// Checks an announced contribution before anything is fetched. `Err(Some)` is a Reject.
@@ -824,6 +832,7 @@ impl DaemonActor {
                 let _ = reply.send(Ok(report));
             }
             Internal::Epoch(m) => self.on_epoch_internal(m).await,
+            Internal::LedgerCaughtUp { datanet, appended } => self.on_ledger_caught_up(datanet, appended),
         }
     }
 
@@ -868,17 +877,29 @@ impl DaemonActor {
         }
         let (store, net, internal) = (self.store.clone(), self.net.clone(), self.internal.clone());
         let batch = self.cfg.net.catchup_batch_max;
+        let manifest = self.joined[&datanet].clone();
+        self.ledger_catchup.insert(datanet);
         self.tasks.spawn(async move {
             if let Err(e) = catch_up(&store, &net, &internal, peer, datanet, batch).await {
                 tracing::debug!(target: "datanet::daemon::catchup", %peer, error = %e, "catch-up stopped");
             }
+            let appended = match epoch::catch_up_ledger(&store, &net, peer, &manifest).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::info!(target: "datanet::daemon::catchup", %peer, error = %e, "ledger catch-up stopped");
+                    0
+                }
+            };
+            let _ = internal.send(Internal::LedgerCaughtUp { datanet, appended }).await;
         });
     }
 
     fn serve_catchup(&mut self, peer: PeerId, request: CatchupRequest, respond: u64) {
         let (store, net) = (self.store.clone(), self.net.clone());
         let joined = self.joined.contains_key(match &request {
-            CatchupRequest::Inventory { datanet, .. } | CatchupRequest::Get { datanet, .. } => datanet,
+            CatchupRequest::Inventory { datanet, .. }
+            | CatchupRequest::Get { datanet, .. }
+            | CatchupRequest::Attestations { datanet, .. } => datanet,
             CatchupRequest::Hello { .. } => &DatanetId([0; 32]),
         });
         let batch = self.cfg.net.catchup_batch_max as usize;
@@ -915,6 +936,9 @@ fn answer_catchup(store: &Store, request: CatchupRequest, batch: usize) -> Catch
                 }
             }
             CatchupResponse::Contributions { records }
+        }
+        CatchupRequest::Attestations { datanet, from_epoch, limit } => {
+            epoch::answer_attestations(store, &datanet, from_epoch, (limit as usize).min(batch))
         }
         CatchupRequest::Hello { .. } => CatchupResponse::Refused { reason: "hello is answered by the net room".into() },
     }

@@ -8,6 +8,11 @@
 //! store, announce holding. Pages are bounded by `net.catchup_batch_max`; the request and
 //! response sizes are bounded by the codec.
 //!
+//! A peer whose ledger is behind (it was offline for some epochs, or joined late) asks for the
+//! attestations after its head (`Attestations { from_epoch }`) and appends each one that verifies
+//! against the manifest's committee and chains to its head — the same check as `datanet
+//! attestation verify --prev`, so nobody has to be trusted for it.
+//!
 //! Signed values travel as their canonical bytes and are decoded with their size limits by the
 //! receiver; CBOR only frames them.
 
@@ -31,6 +36,8 @@ pub enum CatchupRequest {
     Inventory { datanet: DatanetId, offset: u64, limit: u32 },
     /// Signed contribution records by id.
     Get { datanet: DatanetId, ids: Vec<ContributionId> },
+    /// The attestations of epochs `from_epoch..from_epoch+limit` in the responder's ledger.
+    Attestations { datanet: DatanetId, from_epoch: u64, limit: u32 },
 }
 
 /// A catch-up answer.
@@ -47,6 +54,11 @@ pub enum CatchupResponse {
     /// Canonical bytes of signed contribution records (unknown ids are left out).
     Contributions {
         records: Vec<Vec<u8>>,
+    },
+    /// Canonical bytes of consecutive attestations from the asked epoch (fewer than asked: the
+    /// responder's ledger ends there, or the response size bound was reached).
+    Attestations {
+        items: Vec<Vec<u8>>,
     },
     /// The responder will not answer (unknown Datanet, too large a request).
     Refused {

@@ -91,6 +91,18 @@ impl EpochConfig {
     }
 }
 
+/// Flagged reports per reporter in an attestation's report set (standing lost), recomputed from
+/// the attestation alone: what a member that was not there (or catches up later) records.
+pub fn standing_lost(a: &Attestation, tau: i64) -> Vec<(PeerKey, u32)> {
+    let jobs = a.reports.iter().map(|r| r.job + 1).max().unwrap_or(0);
+    let table = crate::attribution::median_table(jobs, &a.reports, 1, tau);
+    let mut standing: BTreeMap<PeerKey, u32> = BTreeMap::new();
+    for (k, _) in table.flagged {
+        *standing.entry(k).or_default() += 1;
+    }
+    standing.into_iter().collect()
+}
+
 /// Default flagging distance: 0.05 nats of weighted evaluation loss, in micro-units.
 pub const DEFAULT_TAU: i64 = 50_000;
 
@@ -768,16 +780,11 @@ impl EpochMachine {
             self.rounds[0].cert = Some(a.input.clone());
         }
         self.rounds[1].cert = Some(a.score.clone());
-        let jobs = a.reports.iter().map(|r| r.job + 1).max().unwrap_or(0);
-        let table = crate::attribution::median_table(jobs, &a.reports, 1, self.cfg.tau);
-        let mut standing: BTreeMap<PeerKey, u32> = BTreeMap::new();
-        for (k, _) in table.flagged {
-            *standing.entry(k).or_default() += 1;
-        }
+        let standing_lost = standing_lost(&a, self.cfg.tau);
         self.attestation = Some(a.clone());
         self.persist(out);
         out.push(Action::Certified(a.score.clone()));
-        out.push(Action::Attested { attestation: Box::new(a), standing_lost: standing.into_iter().collect() });
+        out.push(Action::Attested { attestation: Box::new(a), standing_lost });
     }
 
     // ---- proposals --------------------------------------------------------------------------
