@@ -506,7 +506,12 @@ mod hostile {
         let mut published = 0;
         for n in 0..count {
             let c = announce(&Identity::generate(), d, 1_000 + n, 1);
-            if sw.behaviour_mut().gossipsub.publish(topic.clone(), codec::encode(&ContributionsMessage::Announce(c))).is_ok() {
+            if sw
+                .behaviour_mut()
+                .gossipsub
+                .publish(topic.clone(), codec::encode(&ContributionsMessage::Announce(c)))
+                .is_ok()
+            {
                 published += 1;
             }
             let _ = tokio::time::timeout(Duration::from_millis(5), sw.select_next_some()).await;

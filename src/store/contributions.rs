@@ -15,10 +15,10 @@ use crate::admission::{self, CanonicalRecord, SignedContribution, neardup};
 use crate::codec::{self, Canonical};
 use crate::ids::{BlobHash, ContributionId, DatanetId, PeerKey, RecordHash};
 use crate::manifest::{Manifest, TaskKind};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
-use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 
 /// What this peer knows about a stored contribution beyond the signed record.
