@@ -19,7 +19,8 @@
 //!    most `records_per_unit_max` per unit), every job trains with the same seed
 //!    ([`jobs::training_seed`], common random numbers), the trainer returns u(S) in micro-units. Several peers'
 //!    reports become one utility per job with [`reports::median_table`].
-//! 4. [`score`] / [`score_table`]: MSR-Banzhaf value per unit and its standard error; credit =
+//! 4. [`score`] / [`score_table`]: MSR-Banzhaf value per unit and its standard error, each after
+//!    removing the effects of the other units that stand out ([`value::msr_with_errors`]); credit =
 //!    Σ max(0, φ − z·SE) × share (z = `noise_floor_milli`/1000: only value above the measurement
 //!    noise is paid, so hundreds of redundant units cannot sum their noise into a payout) with each
 //!    unit's part capped, rewards = largest-remainder split of the pool (ties by key). The
@@ -407,8 +408,7 @@ pub fn score(plan: &EpochPlan, utilities: &[i64]) -> Result<Scores, ScoreError> 
     if utilities.len() > jobs as usize {
         return Err(ScoreError::ExtraJobs { got: utilities.len(), jobs });
     }
-    let unit_values = value::msr_banzhaf(&plan.coalitions, utilities, plan.units.len());
-    let unit_errors = value::msr_standard_errors(&plan.coalitions, utilities, plan.units.len());
+    let (unit_values, unit_errors) = value::msr_with_errors(&plan.coalitions, utilities, plan.units.len());
     let credited = value::above_noise(&unit_values, &unit_errors, plan.params.noise_floor_milli);
     let (capped, total) = value::capped_values(&credited, plan.params.unit_cap_ppm);
     let mut credit: std::collections::BTreeMap<PeerKey, u128> =

@@ -61,6 +61,74 @@ pub fn msr_standard_errors(coalitions: &[Vec<bool>], utilities: &[i64], unit_cou
         .collect()
 }
 
+/// A unit's effect "stands out" when |φ| ≥ this many plain standard errors.
+const STANDOUT_Z: i128 = 3;
+
+/// φ and its standard error per unit, each measured **after removing the main effects of the other
+/// units that stand out**: greedily, the unit with the largest |φ| (ties by index) that is at least
+/// 3 standard errors over the residual of the effects already removed, at most T/4 of them.
+///
+/// With independent coalitions (more units than an orthogonal block holds), a few strong units —
+/// curated data fixing a failure — dominate the utilities' variance, and the plain estimate charges
+/// that variance to every other unit twice: as noise in its φ (the strong units are not exactly
+/// balanced between its "in" and "out" jobs) and as a large standard error, so the noise floor takes
+/// most of the strong units' own value while the extremes of hundreds of redundant units clear it.
+/// Subtracting the standing-out effects, u_j − Σ_k φ_k (x_jk − ½), is the control variate that an
+/// orthogonal block provides by design: inside a block every other unit is exactly balanced, so φ is
+/// unchanged there and only the standard error loses the other units' variance (the plain formula
+/// overstates it). The variance is scaled by T / (T − L) for the L effects fitted. Integer arithmetic
+/// in canonical order (doubled residuals, saturated to i64, then halved).
+pub fn msr_with_errors(coalitions: &[Vec<bool>], utilities: &[i64], unit_count: usize) -> (Vec<i64>, Vec<i64>) {
+    let t = utilities.len();
+    let sat = |v: i128| v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+    let sign = |inside: bool, p: i64| if inside { p as i128 } else { -(p as i128) };
+    // (unit, effect removed), in the order chosen.
+    let mut standout: Vec<(usize, i64)> = Vec::new();
+    loop {
+        // 2·(u_j − Σ_k φ_k (x_jk − ½)) = 2·u_j − Σ_k ±φ_k.
+        let doubled: Vec<i128> = coalitions
+            .iter()
+            .zip(utilities)
+            .map(|(c, &u)| 2 * u as i128 - standout.iter().map(|&(k, p)| sign(c[k], p)).sum::<i128>())
+            .collect();
+        let fitted = standout.len();
+        // Halved, and the variance scaled by T / (T − L).
+        let scale = |e: i64| -> i64 {
+            let v = (e as i128 / 2).pow(2) * t as i128 / (t - fitted).max(1) as i128;
+            super::features::isqrt(v.max(0) as u128).min(i64::MAX as u128) as i64
+        };
+        let residual: Vec<i64> = doubled.iter().map(|&v| sat(v)).collect();
+        let mut phi: Vec<i64> =
+            msr_banzhaf(coalitions, &residual, unit_count).iter().map(|&v| v.div_euclid(2)).collect();
+        let mut se: Vec<i64> = msr_standard_errors(coalitions, &residual, unit_count).into_iter().map(scale).collect();
+        // Greedy: the largest effect that stands out over the current residual joins the fitted
+        // ones; a spurious pick only removes an effect of about 3 residual errors.
+        let next = (0..unit_count)
+            .filter(|i| !standout.iter().any(|s| s.0 == *i))
+            .filter(|&i| phi[i] != 0 && (phi[i] as i128).abs() >= STANDOUT_Z * se[i] as i128)
+            .max_by_key(|&i| ((phi[i] as i128).abs(), std::cmp::Reverse(i)));
+        match next {
+            Some(i) if fitted < t / 4 => standout.push((i, phi[i])),
+            _ if fitted == 0 => {
+                return (
+                    msr_banzhaf(coalitions, utilities, unit_count),
+                    msr_standard_errors(coalitions, utilities, unit_count),
+                );
+            }
+            _ => {
+                // A standing-out unit is measured with the others' effects removed, its own kept.
+                for &(i, p) in &standout {
+                    let column: Vec<Vec<bool>> = coalitions.iter().map(|c| vec![c[i]]).collect();
+                    let own: Vec<i64> = doubled.iter().zip(&column).map(|(&v, c)| sat(v + sign(c[0], p))).collect();
+                    phi[i] = msr_banzhaf(&column, &own, 1)[0].div_euclid(2);
+                    se[i] = scale(msr_standard_errors(&column, &own, 1)[0]);
+                }
+                return (phi, se);
+            }
+        }
+    }
+}
+
 /// φ lowered by `z_milli`/1000 standard errors: the part of a unit's value that is not noise.
 pub fn above_noise(values: &[i64], errors: &[i64], z_milli: u32) -> Vec<i64> {
     values
@@ -174,6 +242,11 @@ mod tests {
         let noisy = vec![100, 140, 0, 40];
         let e = msr_standard_errors(&coalitions, &noisy, 2);
         assert!(e[0] > 0 && e[1] > 0, "{e:?}");
+        // That game is additive (100·x0 − 40·x1 + 40): once unit 0's standing-out effect is
+        // removed, unit 1 is measured exactly.
+        let (phi, se) = msr_with_errors(&coalitions, &noisy, 2);
+        assert_eq!((phi, se[1]), (vec![100, -40], 0));
+        assert!(se[0] >= e[0], "{se:?}: one fitted effect of 4 jobs scales the variance by 4/3");
         assert_eq!(above_noise(&[100, 5], &[10, 10], 2000), vec![80, -15]);
     }
 
@@ -186,7 +259,48 @@ mod tests {
         assert_eq!(mul_div_rem(10, 7, 3), (23, 1));
     }
 
+    // Independent coalitions: two strong units and many null ones. Removing the strong units'
+    // effects leaves the null units' φ within their (now small) errors and keeps the strong
+    // units' value above the noise floor.
+    #[test]
+    fn standout_effects_are_removed() {
+        let (m, t) = (60usize, 128u32);
+        let c: Vec<Vec<bool>> = (0..t).map(|j| crate::attribution::jobs::coalition([9; 32], m as u32, j)).collect();
+        let u: Vec<i64> = c
+            .iter()
+            .enumerate()
+            .map(|(j, r)| {
+                let noise = (j as i64 * 7919) % 101 - 50;
+                (r[0] as i64) * 1_000_000 + (r[1] as i64) * 800_000 + noise * 1_000
+            })
+            .collect();
+        let (plain_phi, plain_se) = (msr_banzhaf(&c, &u, m), msr_standard_errors(&c, &u, m));
+        let (phi, se) = msr_with_errors(&c, &u, m);
+        for i in 2..m {
+            assert!(se[i] * 5 < plain_se[i], "unit {i}: {} vs {}", se[i], plain_se[i]);
+            assert!(phi[i].abs() <= 4 * se[i].max(1), "unit {i}: φ {} se {}", phi[i], se[i]);
+        }
+        assert!((phi[0] - 1_000_000).abs() < 20_000 && (phi[1] - 800_000).abs() < 20_000, "{phi:?}");
+        assert!(plain_phi[2..].iter().zip(&plain_se[2..]).any(|(p, e)| p.abs() > *e), "the plain estimate is noisy");
+        let credited = above_noise(&phi, &se, 3000);
+        assert!(credited[0] > 900_000 && credited[1] > 700_000, "{credited:?}");
+    }
+
     proptest! {
+        // In an orthogonal block the other units are balanced: φ is the plain MSR value (up to the
+        // rounding of the halved residuals).
+        #[test]
+        fn blocks_keep_phi(seed in any::<[u8; 32]>(), m in 1u32..17, w in proptest::collection::vec(-1000i64..1000, 16), noise in proptest::collection::vec(-300i64..300, 64)) {
+            let c = crate::attribution::jobs::coalitions(seed, m, 64);
+            let u: Vec<i64> = c.iter().zip(&noise).map(|(row, n)| row.iter().zip(&w).filter(|(b, _)| **b).map(|(_, v)| v * 1000).sum::<i64>() + n).collect();
+            let (phi, se) = msr_with_errors(&c, &u, m as usize);
+            let plain = msr_banzhaf(&c, &u, m as usize);
+            for i in 0..m as usize {
+                prop_assert!((phi[i] - plain[i]).abs() <= 1, "unit {}: {} vs {}", i, phi[i], plain[i]);
+            }
+            prop_assert_eq!(se.len(), m as usize);
+        }
+
         // Rewards always sum to the amount exactly and each is within 1 of its exact share.
         #[test]
         fn largest_remainder_exact(amount in 0u64..1_000_000_000, ws in proptest::collection::vec(0u128..1_000_000, 1..30)) {
