@@ -14,7 +14,7 @@
 use super::Testnet;
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -185,12 +185,13 @@ pub async fn run(path: &Path, dir: &Path) -> anyhow::Result<()> {
     eprintln!("[{:>5.1}s] scenario {}: starting {} peers in {}", 0.0, sc.name, sc.peers, dir.display());
     let t = super::up(dir, sc.peers, &base.join(&sc.manifest)).await?;
     let mut contributed: BTreeMap<usize, Vec<serde_json::Value>> = BTreeMap::new();
+    let mut acknowledged: BTreeSet<String> = BTreeSet::new();
     let mut running: Vec<usize> = (0..sc.peers).collect();
     let result = async {
         for (i, st) in sc.steps.iter().enumerate() {
             let el = started.elapsed().as_secs_f64();
             eprintln!("[{el:>5.1}s] step {i}: {} peer {} {}", st.action, st.peer, st.note);
-            step(&t, st, base, &mut contributed, &mut running)
+            step(&t, st, base, &mut contributed, &mut acknowledged, &mut running)
                 .await
                 .with_context(|| format!("step {i} ({})", st.action))?;
         }
@@ -211,6 +212,7 @@ async fn step(
     st: &Step,
     base: &Path,
     contributed: &mut BTreeMap<usize, Vec<serde_json::Value>>,
+    acknowledged: &mut BTreeSet<String>,
     running: &mut Vec<usize>,
 ) -> anyhow::Result<()> {
     let peer = &t.peers[st.peer];
@@ -245,12 +247,15 @@ async fn step(
             };
             let ack: serde_json::Value = c.post("/api/v1/contribute", &req).await?;
             eprintln!("          acknowledged {}", ack);
+            acknowledged.insert(ack["id"].as_str().context("acknowledgement without an id")?.to_string());
             contributed.entry(st.peer).or_default().extend(records);
         }
         "wait-replicated" => {
             let deadline = Instant::now() + Duration::from_secs(st.timeout_secs);
-            let want =
+            // Every contribution acknowledged so far in the scenario (and whatever the peer holds besides).
+            let held =
                 super::status_of(t, st.peer).await?.datanets.iter().map(|d| d.contributions.len()).sum::<usize>();
+            let want = held.max(acknowledged.len());
             for &i in running.iter() {
                 loop {
                     let have =
