@@ -843,3 +843,33 @@ pub fn base_dir(datadir: &Path, m: &Manifest) -> Result<PathBuf, String> {
     }
     Ok(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Ledger catch-up appends an attestation that verifies and is the next epoch, refuses a tampered one or a repeat, and serves what the ledger holds.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn caught_up_attestations_are_verified_before_appending() {
+        let (m, a) = crate::sim::tests::attested(4, 0, 1000); // the simulator's epoch is 1 + seed % 1000
+        let d = m.id();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let mut forged = a.clone();
+        forged.leaves[0].reward += 1;
+        let err = adopt_attestations(&store, &m, &[codec::encode(&forged)]).await.unwrap_err();
+        assert!(err.contains("epoch 1"), "{err}");
+        assert!(Ledger::open(store.db()).head(&d).unwrap().is_none(), "nothing appended");
+        assert_eq!(adopt_attestations(&store, &m, &[codec::encode(&a)]).await.unwrap(), 1);
+        assert_eq!(Ledger::open(store.db()).head(&d).unwrap().map(|h| (h.epoch, h.hash)), Some((1, a.hash())));
+        let again = adopt_attestations(&store, &m, &[codec::encode(&a)]).await.unwrap_err();
+        assert!(again.contains("epoch 2 was expected"), "{again}");
+        match answer_attestations(&store, &d, 1, 100) {
+            CatchupResponse::Attestations { items } => assert_eq!(items, vec![codec::encode(&a)]),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(answer_attestations(&store, &d, 2, 100), CatchupResponse::Attestations { items } if items.is_empty())
+        );
+    }
+}

@@ -614,4 +614,4 @@ pub fn run_many(peers: usize, byzantine: usize, first: u64, seeds: u64, faults: 
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

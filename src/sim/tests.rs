@@ -101,7 +101,8 @@ fn manifest_for(members: Vec<PeerKey>) -> crate::manifest::Manifest {
     }
 }
 
-fn attested(
+/// A manifest for `n` simulated members and the attestation of a simulated epoch 1 under it.
+pub(crate) fn attested(
     n: usize,
     byzantine: usize,
     seed: u64,
