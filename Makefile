@@ -93,7 +93,7 @@ bench-train: release
 # stable toolchain is used with RUSTC_BOOTSTRAP for the sanitizer flags. The fuzz binaries are
 # another package (no rpath from build.rs), so torch/lib goes on LD_LIBRARY_PATH.
 FUZZ_SECONDS ?= 300
-FUZZ_TARGETS := decode_envelopes decode_manifest decode_epoch decode_certificates decode_proofs admit_records
+FUZZ_TARGETS := decode_envelopes decode_manifest decode_epoch decode_certificates decode_proofs decode_catchup admit_records
 fuzz: setup
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	export LD_LIBRARY_PATH="$$($(DATANET_PYTHON) -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"; \

@@ -22,11 +22,31 @@ pub const KINDS: &[&str] = &[
     "lineage-proof",
     "epoch-snapshot",
     "contribution-meta",
+    "catchup-request",
+    "catchup-response",
 ];
 
 fn plain<T: Canonical>(bytes: &[u8]) -> Result<(), String> {
     let v: T = codec::decode(bytes).map_err(|e| e.to_string())?;
     assert_eq!(codec::encode(&v), bytes, "a decoded value must re-encode to its input");
+    Ok(())
+}
+
+/// A catch-up frame: CBOR as libp2p's request-response codec reads it, after the codec's size bound.
+/// CBOR has several encodings of one value, so the check is that a decoded value re-encodes to
+/// bytes that decode to the same value (the signed payloads inside are canonical, checked by
+/// their own kinds when the daemon decodes them).
+fn cbor<T: serde::de::DeserializeOwned + serde::Serialize + PartialEq + std::fmt::Debug>(
+    bytes: &[u8],
+    max: u64,
+) -> Result<(), String> {
+    if bytes.len() as u64 > max {
+        return Err(format!("{} bytes is over the {max}-byte bound", bytes.len()));
+    }
+    let v: T = cbor4ii::serde::from_slice(bytes).map_err(|e| e.to_string())?;
+    let again = cbor4ii::serde::to_vec(Vec::new(), &v).map_err(|e| e.to_string())?;
+    let back: T = cbor4ii::serde::from_slice(&again).map_err(|e| e.to_string())?;
+    assert_eq!(back, v, "a decoded catch-up frame must survive a re-encode");
     Ok(())
 }
 
@@ -53,6 +73,10 @@ pub fn decode_as(kind: &str, bytes: &[u8]) -> Result<(), String> {
         "lineage-proof" => plain::<crate::trainer::lineage::LineageProof>(bytes),
         "epoch-snapshot" => plain::<ep::Snapshot>(bytes),
         "contribution-meta" => plain::<crate::store::contributions::ContributionMeta>(bytes),
+        "catchup-request" => cbor::<crate::net::catchup::CatchupRequest>(bytes, crate::net::catchup::REQUEST_BYTES_MAX),
+        "catchup-response" => {
+            cbor::<crate::net::catchup::CatchupResponse>(bytes, crate::net::catchup::RESPONSE_BYTES_MAX)
+        }
         other => Err(format!("unknown kind `{other}` (one of {})", KINDS.join(", "))),
     }
 }
@@ -69,6 +93,42 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), k in 0usize..KINDS.len()) {
             let _ = decode_as(KINDS[k], &bytes);
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        // Every catch-up request and response the daemon can send is accepted as a frame.
+        #[test]
+        fn catchup_frames_round_trip(offset in any::<u64>(), limit in any::<u32>(), n in 0usize..20, fill in any::<u8>()) {
+            use crate::net::catchup::{CatchupRequest, CatchupResponse};
+            let d = crate::ids::DatanetId([fill; 32]);
+            let reqs = [
+                CatchupRequest::Hello { record: vec![fill; n] },
+                CatchupRequest::Inventory { datanet: d, offset, limit },
+                CatchupRequest::Get { datanet: d, ids: vec![crate::ids::ContributionId([fill; 32]); n] },
+                CatchupRequest::Attestations { datanet: d, from_epoch: offset, limit },
+            ];
+            for r in reqs {
+                let b = cbor4ii::serde::to_vec(Vec::new(), &r).unwrap();
+                prop_assert!(decode_as("catchup-request", &b).is_ok());
+            }
+            let resps = [
+                CatchupResponse::Inventory { ids: vec![crate::ids::ContributionId([fill; 32]); n], total: offset },
+                CatchupResponse::Attestations { items: vec![vec![fill; n]; n] },
+                CatchupResponse::Refused { reason: "x".repeat(n) },
+            ];
+            for r in resps {
+                let b = cbor4ii::serde::to_vec(Vec::new(), &r).unwrap();
+                prop_assert!(decode_as("catchup-response", &b).is_ok());
+            }
+        }
+    }
+
+    // A catch-up frame over the codec's bound is refused before decoding.
+    #[test]
+    fn oversize_catchup_frame_is_refused() {
+        let big = vec![0u8; crate::net::catchup::REQUEST_BYTES_MAX as usize + 1];
+        assert!(decode_as("catchup-request", &big).unwrap_err().contains("bound"));
     }
 
     // A real signed contribution decodes; one flipped byte is refused.
