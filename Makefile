@@ -91,12 +91,15 @@ bench-train: release
 
 # Each fuzz target runs FUZZ_SECONDS (default 300). cargo-fuzz is installed on first use; the
 # stable toolchain is used with RUSTC_BOOTSTRAP for the sanitizer flags. The fuzz binaries are
-# another package (no rpath from build.rs), so torch/lib goes on LD_LIBRARY_PATH.
+# another package (no rpath from build.rs), so torch/lib goes on LD_LIBRARY_PATH. Each run starts
+# from the local corpus (fuzz/corpus/<target>, not committed) plus the committed real encodings in
+# fuzz/seeds/<target> where there are some (a demo attestation for decode_certificates).
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_envelopes decode_manifest decode_epoch decode_certificates decode_proofs decode_catchup admit_records
 fuzz: setup
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	export LD_LIBRARY_PATH="$$($(DATANET_PYTHON) -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"; \
-	cd fuzz && for t in $(FUZZ_TARGETS); do \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
+	cd fuzz && for t in $(FUZZ_TARGETS); do mkdir -p corpus/$$t; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t $$(test -d seeds/$$t && echo seeds/$$t) \
+			-- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
 			-print_final_stats=1 || exit 1; done

@@ -1,5 +1,5 @@
-//! Every wire and stored decoder in one table, for the fuzz targets (`fuzz/`), the "arbitrary bytes
-//! never panic" property test, and `datanet debug decode`.
+//! Every wire and stored decoder in one table, for the fuzz targets (`fuzz/`) and the "arbitrary
+//! bytes never panic" property test.
 //!
 //! [`decode_as`] runs the real decoder (size limit first, then postcard, then the canonicality
 //! check) and, for signed envelopes, the signature check. A successful decode must re-encode to

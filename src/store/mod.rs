@@ -259,7 +259,7 @@ pub(crate) fn record_key(d: &DatanetId, r: &RecordHash) -> Vec<u8> {
 impl Store {
     /// A digest of everything stored: every sled tree's entries and every blob hash. Two equal
     /// digests mean nothing was added, removed or changed (used by the "bad input stores nothing"
-    /// tests and by `datanet debug digest`).
+    /// tests).
     pub async fn content_digest(&self) -> Result<blake3::Hash, StoreError> {
         let mut h = blake3::Hasher::new();
         let mut names = self.db.tree_names();
