@@ -265,6 +265,18 @@ impl Net {
         }
     }
 
+    /// Every peer's libp2p id and TCP address, for an attacker to dial.
+    fn targets(&self) -> Vec<(libp2p::PeerId, libp2p::Multiaddr)> {
+        self.ids
+            .iter()
+            .zip(&self.ports)
+            .map(|(id, port)| {
+                let pid = datanet::net::keys::peer_id(&id.public_key()).unwrap();
+                (pid, format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
+            })
+            .collect()
+    }
+
     fn stop_all(&mut self) {
         for p in &mut self.peers {
             p.stop();
@@ -475,6 +487,22 @@ mod hostile {
         Signed::sign(body, &signer.signing_key())
     }
 
+    /// Drives `sw` until `n` peers subscribed to `topic`, or `within` passed.
+    async fn wait_subscribed(sw: &mut Swarm<Attacker>, topic: &gossipsub::TopicHash, n: usize, within: Duration) {
+        let mut subscribed = HashSet::new();
+        let ready_by = Instant::now() + within;
+        while subscribed.len() < n && Instant::now() < ready_by {
+            if let Ok(libp2p::swarm::SwarmEvent::Behaviour(AttackerEvent::Gossipsub(gossipsub::Event::Subscribed {
+                peer_id,
+                topic: t,
+            }))) = tokio::time::timeout(Duration::from_millis(100), sw.select_next_some()).await
+                && t == *topic
+            {
+                subscribed.insert(peer_id);
+            }
+        }
+    }
+
     /// Announces `count` validly signed contributions (each from a fresh contributor key) that
     /// nobody serves, from one libp2p identity, then stays connected until `until`. Returns how
     /// many were published.
@@ -486,18 +514,7 @@ mod hostile {
         for (p, a) in &targets {
             sw.dial(DialOpts::peer_id(*p).addresses(vec![a.clone()]).build()).unwrap();
         }
-        let mut subscribed = HashSet::new();
-        let ready_by = Instant::now() + Duration::from_secs(20);
-        while subscribed.len() < targets.len() && Instant::now() < ready_by {
-            if let Ok(libp2p::swarm::SwarmEvent::Behaviour(AttackerEvent::Gossipsub(gossipsub::Event::Subscribed {
-                peer_id,
-                topic: t,
-            }))) = tokio::time::timeout(Duration::from_millis(100), sw.select_next_some()).await
-                && t == topic.hash()
-            {
-                subscribed.insert(peer_id);
-            }
-        }
+        wait_subscribed(&mut sw, &topic.hash(), targets.len(), Duration::from_secs(20)).await;
         // Let the mesh form (heartbeats) so the announcements go out.
         let settle = Instant::now() + Duration::from_secs(2);
         while Instant::now() < settle {
@@ -616,19 +633,8 @@ mod hostile {
             for (p, a) in &targets {
                 sw.dial(DialOpts::peer_id(*p).addresses(vec![a.clone()]).build()).unwrap();
             }
-            // Wait until every target subscribed to the contributions topic (bounded).
             let ct = IdentTopic::new(contributions_topic(&d)).hash();
-            let mut subscribed = HashSet::new();
-            let ready_by = Instant::now() + Duration::from_secs(10);
-            while subscribed.len() < targets.len() && Instant::now() < ready_by {
-                if let Ok(libp2p::swarm::SwarmEvent::Behaviour(AttackerEvent::Gossipsub(
-                    gossipsub::Event::Subscribed { peer_id, topic },
-                ))) = tokio::time::timeout(Duration::from_millis(100), sw.select_next_some()).await
-                    && topic == ct
-                {
-                    subscribed.insert(peer_id);
-                }
-            }
+            wait_subscribed(&mut sw, &ct, targets.len(), Duration::from_secs(10)).await;
             let end = until.min(Instant::now() + rotate);
             let mut probe = 0..if k == 1 { KINDS } else { KINDS - 1 };
             while Instant::now() < end {
@@ -707,15 +713,7 @@ async fn hostile_peer_flood_is_rejected_with_bounded_memory() {
     net.start_all();
     net.wait_mesh().await;
     let tmp = net.tmp.path().to_path_buf();
-    let targets: Vec<(libp2p::PeerId, libp2p::Multiaddr)> = net
-        .ids
-        .iter()
-        .zip(&net.ports)
-        .map(|(id, port)| {
-            let pid = datanet::net::keys::peer_id(&id.public_key()).unwrap();
-            (pid, format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
-        })
-        .collect();
+    let targets = net.targets();
     let (a, b) = (&net.peers[0], &net.peers[1]);
     // Warm-up: one contribution replicated before the flood, so that the baseline includes what
     // admission and replication allocate anyway.
@@ -878,15 +876,7 @@ async fn announce_spam_does_not_crowd_out_honest_contributions() {
     let d = net.d;
     net.start_all();
     net.wait_mesh().await;
-    let targets: Vec<(libp2p::PeerId, libp2p::Multiaddr)> = net
-        .ids
-        .iter()
-        .zip(&net.ports)
-        .map(|(id, port)| {
-            let pid = datanet::net::keys::peer_id(&id.public_key()).unwrap();
-            (pid, format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
-        })
-        .collect();
+    let targets = net.targets();
     let until = Instant::now() + Duration::from_secs(120);
     let spammer = tokio::spawn(hostile::announce_spam(targets, d, 200, until));
     let (a, b) = (&net.peers[0], &net.peers[1]);

@@ -615,6 +615,21 @@ impl Scenario {
 }
 
 /// One seed's world: data split, base, evaluation set, and the utility job shared by its variants.
+impl Scenario {
+    /// The epoch parameters of the Datanet `manifest` with this scenario's unit and reward settings.
+    fn epoch_params(&self, manifest: &crate::manifest::Manifest, jobs: u32) -> EpochParams {
+        EpochParams {
+            unit_records_target: self.unit_records_target,
+            unit_records_min: self.unit_records_min,
+            unit_records_max: self.unit_records_max,
+            unit_count_max: self.unit_count_max,
+            unit_cap_ppm: (self.unit_cap * 1e6).round() as u32,
+            noise_floor_milli: (self.noise_floor * 1000.0).round() as u32,
+            ..EpochParams::from_manifest(manifest, jobs)
+        }
+    }
+}
+
 struct World {
     task: TaskKind,
     manifest_toml: String,
@@ -757,15 +772,7 @@ impl World {
         }
         let job =
             UtilityJob::new(base, &task, &manifest.recipe, &manifest.eval.slices, &eval, UtilityOptions::default())?;
-        let params = EpochParams {
-            unit_records_target: s.unit_records_target,
-            unit_records_min: s.unit_records_min,
-            unit_records_max: s.unit_records_max,
-            unit_count_max: s.unit_count_max,
-            unit_cap_ppm: (s.unit_cap * 1e6).round() as u32,
-            noise_floor_milli: (s.noise_floor * 1000.0).round() as u32,
-            ..EpochParams::from_manifest(&manifest, jobs)
-        };
+        let params = s.epoch_params(&manifest, jobs);
         let epoch_seed = *blake3::hash(format!("datanet-bench/{}/{seed}", s.scenario).as_bytes()).as_bytes();
         let mut feature_scale = vec![0f64; features as usize];
         for (xs, _) in rows {
@@ -849,15 +856,7 @@ impl World {
         let base = text_base(s, &task, &manifest.recipe, &base_records, seed)?;
         let job =
             UtilityJob::new(base, &task, &manifest.recipe, &manifest.eval.slices, &eval, UtilityOptions::default())?;
-        let params = EpochParams {
-            unit_records_target: s.unit_records_target,
-            unit_records_min: s.unit_records_min,
-            unit_records_max: s.unit_records_max,
-            unit_count_max: s.unit_count_max,
-            unit_cap_ppm: (s.unit_cap * 1e6).round() as u32,
-            noise_floor_milli: (s.noise_floor * 1000.0).round() as u32,
-            ..EpochParams::from_manifest(&manifest, jobs)
-        };
+        let params = s.epoch_params(&manifest, jobs);
         let epoch_seed = *blake3::hash(format!("datanet-bench/{}-text/{seed}", s.scenario).as_bytes()).as_bytes();
         Ok(World {
             task,

@@ -510,7 +510,7 @@ impl DaemonActor {
     }
 
     /// Starts a ledger-only catch-up from `peer` unless one is running for `d`.
-    fn start_ledger_catchup(&mut self, d: DatanetId, peer: PeerId) {
+    pub(super) fn start_ledger_catchup(&mut self, d: DatanetId, peer: PeerId) {
         let Some(manifest) = self.joined.get(&d).cloned() else { return };
         if !self.ledger_catchup.insert(d) {
             return;

@@ -157,7 +157,7 @@ enum Internal {
         report: ContributeReport,
     },
     Epoch(epoch::EpochInternal),
-    /// Ledger catch-up appended attestations; `asked` is free again.
+    /// A ledger catch-up ended after appending `appended` attestations.
     LedgerCaughtUp {
         datanet: DatanetId,
         appended: usize,
@@ -877,21 +877,12 @@ impl DaemonActor {
         }
         let (store, net, internal) = (self.store.clone(), self.net.clone(), self.internal.clone());
         let batch = self.cfg.net.catchup_batch_max;
-        let manifest = self.joined[&datanet].clone();
-        self.ledger_catchup.insert(datanet);
         self.tasks.spawn(async move {
             if let Err(e) = catch_up(&store, &net, &internal, peer, datanet, batch).await {
                 tracing::debug!(target: "datanet::daemon::catchup", %peer, error = %e, "catch-up stopped");
             }
-            let appended = match epoch::catch_up_ledger(&store, &net, peer, &manifest).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::info!(target: "datanet::daemon::catchup", %peer, error = %e, "ledger catch-up stopped");
-                    0
-                }
-            };
-            let _ = internal.send(Internal::LedgerCaughtUp { datanet, appended }).await;
         });
+        self.start_ledger_catchup(datanet, peer);
     }
 
     fn serve_catchup(&mut self, peer: PeerId, request: CatchupRequest, respond: u64) {
