@@ -52,6 +52,9 @@ pub enum RecordError {
     Columns { expected: usize, features: u32, found: usize },
     #[error("record is {bytes} bytes in canonical form, over the limit of {max}")]
     TooLarge { bytes: usize, max: u32 },
+    /// Copies or nearly copies an evaluation record (the text says which and how).
+    #[error("{0} (contamination)")]
+    Contaminated(String),
 }
 
 fn kind_of(v: &Value) -> &'static str {

@@ -9,6 +9,7 @@
 //! came from another peer. Everything but the final commit is pure.
 
 pub mod canonical;
+pub mod contamination;
 pub mod neardup;
 
 use crate::codec::{Canonical, Signed};
@@ -19,6 +20,7 @@ use crate::merkle;
 use crate::store::contributions::{Admitted, ContributionMeta};
 use crate::store::{Store, StoreError};
 pub use canonical::{CanonicalRecord, RecordError};
+pub use contamination::{Contamination, ContaminationIndex, contamination_index};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -91,6 +93,8 @@ pub enum AdmitError {
     Empty { path: String },
     #[error("{path}: {count} invalid record(s); nothing was stored (use --skip-invalid to admit the rest)\n{}", list_errors(.errors))]
     Invalid { path: String, count: usize, errors: Vec<LineError> },
+    #[error("{path}: {count} record(s) copy or nearly copy an evaluation record of this Datanet (contamination); nothing was stored{}\n{}", if *.skippable { " (use --skip-invalid to admit the rest)" } else { "" }, list_errors(.errors))]
+    Contaminated { path: String, count: usize, errors: Vec<LineError>, skippable: bool },
     #[error("{path}: CSV input is only for tabular Datanets; this Datanet is `{kind}`")]
     CsvNotTabular { path: String, kind: &'static str },
     #[error("contribution has {records} records, over the Datanet's limit of {max}")]
@@ -112,7 +116,11 @@ pub enum AdmitError {
 /// What an input file held.
 #[derive(Debug, Clone)]
 pub struct ParsedInput {
+    /// The file, as shown in messages.
+    pub path: String,
     pub records: Vec<CanonicalRecord>,
+    /// Per record, its line in the file.
+    pub lines: Vec<usize>,
     /// Records skipped with `--skip-invalid`.
     pub skipped: Vec<LineError>,
 }
@@ -137,9 +145,13 @@ pub fn parse_input(
     let data = std::fs::read(path).map_err(|source| AdmitError::Read { path: shown.clone(), source })?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let mut records = Vec::new();
+    let mut lines = Vec::new();
     let mut errors = Vec::new();
     let mut push = |line: usize, r: Result<CanonicalRecord, RecordError>| match r {
-        Ok(c) => records.push(c),
+        Ok(c) => {
+            records.push(c);
+            lines.push(line);
+        }
         Err(error) => errors.push(LineError { line, error }),
     };
     let max = rules.record_bytes_max;
@@ -207,7 +219,7 @@ pub fn parse_input(
         return Err(AdmitError::Empty { path: shown });
     }
     check_limits(manifest, &records)?;
-    Ok(ParsedInput { records, skipped: errors })
+    Ok(ParsedInput { path: shown, records, lines, skipped: errors })
 }
 
 fn is_header(row: &csv::StringRecord, features: u32) -> bool {
@@ -305,16 +317,100 @@ pub struct Acknowledged {
     pub already_present: bool,
 }
 
-/// Signs and admits validated records as this peer's contribution.
+/// What [`admit_input`] did.
+#[derive(Debug, Clone)]
+pub struct LocalAdmission {
+    pub ack: Acknowledged,
+    /// Invalid records skipped with `--skip-invalid` (from [`parse_input`]).
+    pub skipped: Vec<LineError>,
+    /// Records skipped with `--skip-invalid` because they copy or nearly copy an evaluation record.
+    pub contaminated: Vec<LineError>,
+}
+
+/// The records of `records` that copy or nearly copy one of the Datanet's evaluation records
+/// (none when this store does not hold the evaluation file, see [`contamination_index`]).
+async fn screen(
+    store: &Store,
+    datanet: &DatanetId,
+    manifest: &Manifest,
+    records: &[CanonicalRecord],
+) -> Result<Vec<(usize, Contamination)>, AdmitError> {
+    Ok(match contamination_index(store, datanet, manifest).await? {
+        Some(ix) => ix.screen(records),
+        None => Vec::new(),
+    })
+}
+
+/// Signs and admits validated records as this peer's contribution. A record that copies or nearly
+/// copies an evaluation record refuses the whole contribution ([`AdmitError::Contaminated`], lines
+/// counting the records from 1).
 pub async fn admit_local(
     store: &Store,
     identity: &Identity,
     datanet: &DatanetId,
     records: Vec<CanonicalRecord>,
 ) -> Result<Acknowledged, AdmitError> {
+    let lines: Vec<usize> = (1..=records.len()).collect();
+    let parsed = ParsedInput { path: "contribution".into(), records, lines, skipped: Vec::new() };
+    Ok(admit_parsed(store, identity, datanet, parsed, false, false).await?.ack)
+}
+
+/// Admits a parsed input file as this peer's contribution: a record that copies or nearly copies
+/// an evaluation record refuses the whole file (errors name its line), or with `skip_invalid` is
+/// skipped and listed in [`LocalAdmission::contaminated`].
+pub async fn admit_input(
+    store: &Store,
+    identity: &Identity,
+    datanet: &DatanetId,
+    parsed: ParsedInput,
+    skip_invalid: bool,
+) -> Result<LocalAdmission, AdmitError> {
+    admit_parsed(store, identity, datanet, parsed, skip_invalid, true).await
+}
+
+async fn admit_parsed(
+    store: &Store,
+    identity: &Identity,
+    datanet: &DatanetId,
+    parsed: ParsedInput,
+    skip_invalid: bool,
+    skippable: bool,
+) -> Result<LocalAdmission, AdmitError> {
     let signed = store.manifest(datanet)?.ok_or_else(|| AdmitError::UnknownDatanet(datanet.to_hex()))?;
     let manifest = signed.body;
+    let ParsedInput { path, mut records, lines, skipped } = parsed;
     check_limits(&manifest, &records)?;
+    let hits = screen(store, datanet, &manifest, &records).await?;
+    let contaminated: Vec<LineError> = hits
+        .iter()
+        .map(|(i, c)| LineError { line: lines.get(*i).copied().unwrap_or(i + 1), error: c.error() })
+        .collect();
+    if !contaminated.is_empty() {
+        if !skip_invalid || hits.len() == records.len() {
+            let count = contaminated.len();
+            let skippable = skippable && !skip_invalid;
+            return Err(AdmitError::Contaminated { path, count, errors: contaminated, skippable });
+        }
+        let mut refused = hits.iter().map(|(i, _)| *i).peekable();
+        let mut kept = Vec::with_capacity(records.len() - hits.len());
+        for (i, r) in records.into_iter().enumerate() {
+            if refused.next_if_eq(&i).is_none() {
+                kept.push(r);
+            }
+        }
+        records = kept;
+    }
+    let ack = sign_and_admit(store, identity, datanet, &manifest, records).await?;
+    Ok(LocalAdmission { ack, skipped, contaminated })
+}
+
+async fn sign_and_admit(
+    store: &Store,
+    identity: &Identity,
+    datanet: &DatanetId,
+    manifest: &Manifest,
+    records: Vec<CanonicalRecord>,
+) -> Result<Acknowledged, AdmitError> {
     let packed = pack(&records);
     let body = ContributionRecord {
         datanet: *datanet,
@@ -327,12 +423,14 @@ pub async fn admit_local(
         chunk_count: packed.chunks.len() as u32,
     };
     let contribution = Signed::sign(body, &identity.signing_key());
-    commit(store, &manifest, contribution, packed, records, "local", true).await
+    commit(store, manifest, contribution, packed, records, "local", true).await
 }
 
 /// Admits a contribution whose HashSeq and chunks are already in the blob store (replication):
 /// verifies the signature, the Datanet, the limits, every chunk hash, every record's canonical
-/// form, the record count, byte count and Merkle root — then commits exactly as a local admission.
+/// form, the record count, byte count and Merkle root, and refuses it when a record copies or nearly
+/// copies an evaluation record (an honest origin refuses those) — then commits exactly as a local
+/// admission.
 pub async fn admit_replicated(
     store: &Store,
     contribution: &SignedContribution,
@@ -388,6 +486,12 @@ pub async fn admit_replicated(
         if claimed != actual {
             return Err(AdmitError::Mismatch { what, claimed, actual });
         }
+    }
+    let hits = screen(store, &c.datanet, &manifest, &records).await?;
+    if !hits.is_empty() {
+        let errors: Vec<LineError> = hits.iter().map(|(i, h)| LineError { line: i + 1, error: h.error() }).collect();
+        let path = format!("contribution {}", c.id().short());
+        return Err(AdmitError::Contaminated { path, count: errors.len(), errors, skippable: false });
     }
     // The chunks were verified as they streamed in and again on read: tag them, don't copy them.
     commit(store, &manifest, contribution.clone(), packed, records, source, false).await

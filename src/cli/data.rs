@@ -206,24 +206,34 @@ async fn contribute_with(
     for e in &parsed.skipped {
         eprintln!("skipped {}: {e}", file.display());
     }
-    let ack = admission::admit_local(store, identity, &id, parsed.records).await?;
+    let local = admission::admit_input(store, identity, &id, parsed, skip_invalid).await?;
+    let ack = &local.ack;
+    for e in &local.contaminated {
+        eprintln!("skipped {}: {e}", file.display());
+    }
+    let contaminated = local.contaminated.len();
     if g.json {
         println!(
             "{}",
-            serde_json::json!({"acknowledged": ack.id.to_hex(), "records": ack.meta.records, "new": ack.meta.new_records, "duplicates": ack.meta.duplicates, "near_duplicates": ack.meta.near_duplicates, "skipped": parsed.skipped.len(), "already_present": ack.already_present})
+            serde_json::json!({"acknowledged": ack.id.to_hex(), "records": ack.meta.records, "new": ack.meta.new_records, "duplicates": ack.meta.duplicates, "near_duplicates": ack.meta.near_duplicates, "skipped": local.skipped.len(), "contaminated": contaminated, "already_present": ack.already_present})
         );
     } else {
         println!(
-            "acknowledged {} — {} records: {} new, {} duplicates, {} near-duplicates{}",
+            "acknowledged {} — {} records: {} new, {} duplicates, {} near-duplicates{}{}",
             ack.id,
             ack.meta.records,
             ack.meta.new_records,
             ack.meta.duplicates,
             ack.meta.near_duplicates,
-            if parsed.skipped.is_empty() {
+            if local.skipped.is_empty() {
                 String::new()
             } else {
-                format!(", {} invalid skipped", parsed.skipped.len())
+                format!(", {} invalid skipped", local.skipped.len())
+            },
+            if contaminated == 0 {
+                String::new()
+            } else {
+                format!(", {contaminated} skipped as contamination (copies of evaluation records)")
             }
         );
     }

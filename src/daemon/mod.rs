@@ -121,6 +121,9 @@ pub struct ContributeReport {
     pub duplicates: u32,
     pub near_duplicates: u32,
     pub skipped: usize,
+    /// Records skipped with `--skip-invalid` as copies of evaluation records.
+    #[serde(default)]
+    pub contaminated: usize,
     pub already_present: bool,
     pub announced: bool,
 }
@@ -1018,14 +1021,16 @@ async fn contribute_local(
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("datanet `{datanet}` is not known here"))?;
     let parsed = admission::parse_input(&manifest, path, skip_invalid, None).map_err(|e| e.to_string())?;
-    let ack = admission::admit_local(store, identity, &id, parsed.records).await.map_err(|e| e.to_string())?;
+    let local = admission::admit_input(store, identity, &id, parsed, skip_invalid).await.map_err(|e| e.to_string())?;
+    let ack = local.ack;
     let report = ContributeReport {
         id: ack.id.to_hex(),
         records: ack.meta.records,
         new_records: ack.meta.new_records,
         duplicates: ack.meta.duplicates,
         near_duplicates: ack.meta.near_duplicates,
-        skipped: parsed.skipped.len(),
+        skipped: local.skipped.len(),
+        contaminated: local.contaminated.len(),
         already_present: ack.already_present,
         announced: false,
     };

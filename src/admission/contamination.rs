@@ -1,0 +1,210 @@
+//! Contamination: records that copy or nearly copy an evaluation record, refused at admission.
+//!
+//! A Datanet's utilities are measured on its evaluation records; a contribution that hands those
+//! records back to the grader would be paid for the test itself. [`ContaminationIndex`] holds the
+//! evaluation records a Datanet knows (the public file; later also revealed sealed records, added
+//! with [`ContaminationIndex::extend`]) under the Datanet's own duplicate rules: the canonical
+//! record hash (an evaluation record is canonicalized without its `slice` field, exactly like a
+//! contributed record), and the near-duplicate rule of [`super::neardup`] — MinHash similarity at
+//! the manifest's `near_duplicate_threshold_ppm` for text and instruct Datanets, quantized
+//! features at `near_duplicate_digits` (same label) for tabular ones, candidates found by the same
+//! LSH band keys the store's near-duplicate index uses. Pure; [`contamination_index`] builds it
+//! from the store's copy of the public evaluation file once per Datanet and caches it.
+
+use super::neardup;
+use super::{AdmitError, CanonicalRecord, EvalRecord, RecordError};
+use crate::ids::{DatanetId, RecordHash};
+use crate::manifest::{Manifest, TaskKind};
+use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// How a record matches an evaluation record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contamination {
+    /// The evaluation record it matches, e.g. "evaluation record 3".
+    pub eval: String,
+    /// `None` for an exact duplicate; the estimated similarity (ppm) of a text near-duplicate;
+    /// `Some(1_000_000)` for a tabular near-duplicate (within the quantization).
+    pub near_ppm: Option<u32>,
+}
+
+impl Contamination {
+    /// The reason a record is refused, as a [`RecordError`] (the caller adds the line).
+    pub fn error(&self) -> RecordError {
+        let what = match self.near_ppm {
+            None => format!("duplicates {}", self.eval),
+            Some(ppm) => format!("nearly duplicates {} (similarity {:.2})", self.eval, ppm as f64 / 1e6),
+        };
+        RecordError::Contaminated(what)
+    }
+}
+
+/// A record's near-duplicate key material under the Datanet's rule.
+#[derive(Debug, Clone)]
+enum Near {
+    Text(neardup::Signature),
+    Tabular { label: String, features: Vec<f64> },
+}
+
+/// The evaluation records a Datanet knows, indexed for the duplicate and near-duplicate checks.
+#[derive(Debug, Clone)]
+pub struct ContaminationIndex {
+    task: TaskKind,
+    threshold_ppm: u32,
+    digits: u32,
+    /// Per entry: its name in refusals.
+    names: Vec<String>,
+    /// Per entry: its near-duplicate material.
+    near: Vec<Near>,
+    exact: HashMap<RecordHash, usize>,
+    /// LSH band key (text) or tabular band key → entries holding it.
+    bands: HashMap<u64, Vec<usize>>,
+    /// How many entries each source has added (numbers the names per source).
+    per_source: HashMap<String, usize>,
+}
+
+impl ContaminationIndex {
+    /// The index of a Datanet's public evaluation records (named "evaluation record N", N counting
+    /// the file's records from 1).
+    pub fn new(manifest: &Manifest, eval: &[EvalRecord]) -> Self {
+        let mut ix = ContaminationIndex {
+            task: manifest.task.clone(),
+            threshold_ppm: manifest.admission.near_duplicate_threshold_ppm,
+            digits: manifest.admission.near_duplicate_digits,
+            names: Vec::new(),
+            near: Vec::new(),
+            exact: HashMap::new(),
+            bands: HashMap::new(),
+            per_source: HashMap::new(),
+        };
+        ix.extend("evaluation record", eval.iter().map(|e| &e.record));
+        ix
+    }
+
+    /// Adds more evaluation records (e.g. a revealed sealed split), named "`source` N" with N
+    /// counting this source's records from 1 across calls. Records must be canonical for the
+    /// Datanet's task (as [`super::parse_eval`] returns them).
+    pub fn extend<'a>(&mut self, source: &str, records: impl IntoIterator<Item = &'a CanonicalRecord>) {
+        for r in records {
+            let n = self.per_source.entry(source.to_string()).or_insert(0);
+            *n += 1;
+            let i = self.names.len();
+            self.names.push(format!("{source} {n}"));
+            self.exact.entry(r.hash).or_insert(i);
+            let (keys, near) = self.near_of(r);
+            for k in keys {
+                self.bands.entry(k).or_default().push(i);
+            }
+            self.near.push(near);
+        }
+    }
+
+    /// How many evaluation records the index holds.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether the index holds no evaluation record.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    fn near_of(&self, r: &CanonicalRecord) -> (Vec<u64>, Near) {
+        match self.task {
+            TaskKind::Tabular { .. } => {
+                let (label, features) = neardup::tabular_parts(&r.value);
+                (neardup::tabular_band_keys(&r.value, self.digits), Near::Tabular { label, features })
+            }
+            TaskKind::Text | TaskKind::Instruct => {
+                let sig = neardup::minhash(&neardup::record_text(&r.value));
+                (neardup::band_keys(&sig).to_vec(), Near::Text(sig))
+            }
+        }
+    }
+
+    /// Whether `r` copies or nearly copies an evaluation record: the exact duplicate if any, else
+    /// the most similar near-duplicate (ties to the earlier entry).
+    pub fn check(&self, r: &CanonicalRecord) -> Option<Contamination> {
+        if let Some(&i) = self.exact.get(&r.hash) {
+            return Some(Contamination { eval: self.names[i].clone(), near_ppm: None });
+        }
+        let (keys, near) = self.near_of(r);
+        let mut best: Option<(u32, usize)> = None;
+        for i in keys.iter().filter_map(|k| self.bands.get(k)).flatten().copied() {
+            let score = match (&near, &self.near[i]) {
+                (Near::Text(a), Near::Text(b)) => {
+                    let s = neardup::similarity_ppm(a, b);
+                    if s < self.threshold_ppm {
+                        continue;
+                    }
+                    s
+                }
+                (Near::Tabular { label: la, features: fa }, Near::Tabular { label: lb, features: fb }) => {
+                    if la != lb || !neardup::tabular_near(fa, fb, self.digits) {
+                        continue;
+                    }
+                    1_000_000
+                }
+                _ => continue,
+            };
+            if best.is_none_or(|(s, j)| score > s || (score == s && i < j)) {
+                best = Some((score, i));
+            }
+        }
+        best.map(|(s, i)| Contamination { eval: self.names[i].clone(), near_ppm: Some(s) })
+    }
+
+    /// Every contaminated record of `records` as (index into `records`, why), in order; all cores.
+    pub fn screen(&self, records: &[CanonicalRecord]) -> Vec<(usize, Contamination)> {
+        use rayon::prelude::*;
+        if self.is_empty() {
+            return Vec::new();
+        }
+        records.par_iter().enumerate().filter_map(|(i, r)| self.check(r).map(|c| (i, c))).collect()
+    }
+}
+
+type Cache = Mutex<HashMap<DatanetId, Arc<ContaminationIndex>>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The contamination index of Datanet `id` (whose manifest is `manifest`), built from the store's
+/// copy of the public evaluation file on first use and cached for the process (a Datanet id is the
+/// hash of its manifest, which names the file by hash, so the index never goes stale). `None`
+/// when this store does not hold the evaluation file yet (a peer that imported only the manifest;
+/// the epoch driver fetches it): admission then cannot check, and says so in the log.
+pub async fn contamination_index(
+    store: &Store,
+    id: &DatanetId,
+    manifest: &Manifest,
+) -> Result<Option<Arc<ContaminationIndex>>, AdmitError> {
+    if let Some(ix) = cache().lock().expect("contamination cache").get(id) {
+        return Ok(Some(ix.clone()));
+    }
+    let h = manifest.eval.public_hash;
+    if !store.has_blob(&h).await? {
+        tracing::warn!(
+            target: "datanet::admission",
+            datanet = %id.short(),
+            eval = %h.short(),
+            "the public evaluation file is not here: contamination not checked"
+        );
+        return Ok(None);
+    }
+    let bytes = store.get_blob(&h).await?;
+    let eval = super::parse_eval(manifest, &bytes)?;
+    // Revealed sealed evaluation records (when the store keeps them) join here with `extend`.
+    let ix = Arc::new(ContaminationIndex::new(manifest, &eval));
+    cache().lock().expect("contamination cache").entry(*id).or_insert(ix.clone());
+    Ok(Some(ix))
+}
+
+/// Forgets the cached index of `id` (after more evaluation records became known), so the next
+/// admission rebuilds it.
+pub fn forget_contamination_index(id: &DatanetId) {
+    cache().lock().expect("contamination cache").remove(id);
+}
