@@ -22,7 +22,7 @@ use crate::identity::Identity;
 use crate::manifest::{Manifest, ManifestFile, TaskKind};
 use crate::store::Store;
 use crate::trainer::utility::{UtilityJob, UtilityOptions};
-use crate::trainer::{Family, init, train::TrainConfig};
+use crate::trainer::{init, train::TrainConfig};
 use anyhow::{Context, bail};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -648,7 +648,7 @@ struct World {
     feature_scale: Vec<f64>,
 }
 
-fn tabular_value(xs: &[f64], label: u32) -> Value {
+pub(crate) fn tabular_value(xs: &[f64], label: u32) -> Value {
     json!({ "features": xs.iter().map(|&x| canonical::canonical_f64(x).unwrap_or(json!(0))).collect::<Vec<_>>(), "label": label })
 }
 
@@ -763,8 +763,9 @@ impl World {
         );
         let task = TaskKind::Tabular { features, classes };
         let (manifest, _) = manifest_from(&manifest_toml, &eval_jsonl)?;
-        // The frozen base: an mlp pretrained on the base split (the common slice only, for S2).
-        let base = init::random_base(Family::Mlp, "tiny", features, classes, seed)?;
+        // The frozen base: the manifest's, provisioned as every peer does, then pretrained on the
+        // base split (the common slice only, for S2).
+        let base = crate::trainer::Base::load(&manifest_base_dir(&manifest, &eval)?, tch::Device::Cpu)?;
         let base_records: Vec<Value> = base_idx.iter().copied().map(value).collect();
         let cfg = TrainConfig { steps: s.base_steps, seed, ..TrainConfig::from_recipe(&manifest.recipe)? };
         if !base_records.is_empty() {
@@ -987,6 +988,13 @@ fn text_base(
         }
     }
     Ok(base)
+}
+
+/// The manifest's base folder exactly as the daemon and the CLI provision it
+/// ([`crate::trainer::provision_base`]), kept under [`cache_dir`] (else the system temp folder).
+pub(crate) fn manifest_base_dir(manifest: &Manifest, eval: &[Value]) -> anyhow::Result<PathBuf> {
+    let root = cache_dir().unwrap_or_else(|| std::env::temp_dir().join("datanet-bench"));
+    Ok(crate::trainer::provision_base(&root, manifest, eval, None)?)
 }
 
 /// Where pretrained text bases are cached: `$DATANET_BENCH_CACHE`, else `bench-cache/` in

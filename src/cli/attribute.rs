@@ -7,17 +7,17 @@
 
 use super::Global;
 use crate::attribution::{self, EpochParams, EpochPlan, InputRecord, Scores};
-use crate::ids::{BlobHash, PeerKey, RecordHash};
+use crate::ids::{PeerKey, RecordHash};
 use crate::manifest::{Manifest, TaskKind};
 use crate::store::Store;
 use crate::store::contributions::AdmittedRecord;
+use crate::trainer::Base;
 use crate::trainer::utility::{UtilityJob, UtilityOptions};
-use crate::trainer::{Base, Family, init};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Options of `datanet attribute`.
@@ -125,33 +125,6 @@ pub fn contributor_values(plan: &EpochPlan, unit_values: &[i64]) -> BTreeMap<Pee
     out.into_iter().map(|(k, v)| (k, v.clamp(i64::MIN as i128, i64::MAX as i128) as i64)).collect()
 }
 
-/// The base folder of a manifest: `explicit`, else `models/<hash>/`, else its generated preset.
-pub fn base_dir(datadir: &Path, m: &Manifest, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
-    }
-    let bm = &m.base_model;
-    let models = datadir.join("models");
-    if bm.hash != BlobHash::default() {
-        let dir = models.join(bm.hash.to_hex());
-        if !dir.exists() {
-            bail!("base model {} is not installed; `datanet model import <folder>` it or pass --base", bm.hash);
-        }
-        return Ok(dir);
-    }
-    let family: Family = bm.family.parse().map_err(anyhow::Error::msg)?;
-    let (features, classes) = match m.task {
-        TaskKind::Tabular { features, classes } => (features, classes),
-        _ => (0, 0),
-    };
-    let dir = models.join(format!("generated-{}-{}-{}-{features}x{classes}", family.name(), bm.preset, bm.seed));
-    if !dir.join("config.json").exists() {
-        let base = init::random_base(family, &bm.preset, features.max(1), classes.max(2), bm.seed)?;
-        init::save_base(&base, &dir, None)?;
-    }
-    Ok(dir)
-}
-
 /// The public evaluation records of a Datanet, each with its `slice` field.
 pub async fn eval_values(store: &Store, m: &Manifest) -> anyhow::Result<Vec<Value>> {
     let bytes = store.get_blob(&m.eval.public_hash).await.context("the public evaluation file")?;
@@ -184,7 +157,7 @@ pub async fn run(args: AttributeArgs, g: &Global) -> anyhow::Result<()> {
     let records = store.datanet_records(&id, None).await?;
     let eval = eval_values(&store, &m).await?;
     let infos = store.contributions(&id)?;
-    let dir = base_dir(&g.datadir(), &m, args.base.as_deref())?;
+    let dir = crate::trainer::provision_base(&g.datadir(), &m, &eval, args.base.as_deref())?;
     let opts = UtilityOptions { threads: args.threads, ..UtilityOptions::default() };
     let base =
         Base::load(&dir, opts.device.resolve()?).with_context(|| format!("loading the base from {}", dir.display()))?;

@@ -11,13 +11,13 @@
 use super::Global;
 use crate::codec::{self, Signed};
 use crate::ids::{BlobHash, ContributionId, PeerKey, RecordHash};
-use crate::manifest::{Manifest, TaskKind};
+use crate::manifest::TaskKind;
 use crate::trainer::eval::{self, EvalReport, EvalSet};
 use crate::trainer::lineage::{Lineage, LineageMetric, LineageProof, RecordList, SignedLineage, recipe_hash};
 use crate::trainer::lora::{self, LoraSet, LoraSpec};
 use crate::trainer::model::folder_hash;
 use crate::trainer::train::{StepReport, TrainConfig};
-use crate::trainer::{self, Base, DeviceChoice, Family, TorchSession, data, init};
+use crate::trainer::{self, Base, DeviceChoice, Family, TorchSession, data, init, provision};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -288,16 +288,9 @@ async fn model(cmd: ModelCmd, g: &Global) -> anyhow::Result<()> {
         }
         ModelCmd::Import { dir } => {
             Base::load(&dir, tch::Device::Cpu).with_context(|| format!("{} is not a loadable base", dir.display()))?;
-            let hash = folder_hash(&dir)?;
-            let dest = g.datadir().join("models").join(hash.to_hex());
-            std::fs::create_dir_all(&dest)?;
-            for e in std::fs::read_dir(&dir)? {
-                let p = e?.path();
-                if p.is_file() {
-                    std::fs::copy(&p, dest.join(p.file_name().unwrap_or_default()))?;
-                }
-            }
-            println!("imported {} as {hash}", dir.display());
+            // Copied aside, re-hashed and renamed into place only when the copy hashes like the source.
+            let (hash, dest) = provision::install_base(&dir, &g.datadir())?;
+            println!("imported {} as {hash} ({})", dir.display(), dest.display());
             Ok(())
         }
     }
@@ -339,40 +332,6 @@ fn read_jsonl(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1)))
         .collect()
-}
-
-/// The base folder for a manifest: `--base`, else `models/<hash>/`, else the generated preset
-/// (built once by [`init::generated_base`] and kept in `models/generated-…`).
-fn base_dir(g: &Global, m: &Manifest, explicit: Option<&Path>, evals: &[serde_json::Value]) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
-    }
-    let bm = &m.base_model;
-    let models = g.datadir().join("models");
-    if bm.hash != BlobHash::default() {
-        let dir = models.join(bm.hash.to_hex());
-        if !dir.exists() {
-            bail!("base model {} is not installed; `datanet model import <folder>` it or pass --base", bm.hash);
-        }
-        return Ok(dir);
-    }
-    let dir = models.join(format!(
-        "generated-{}-{}-{}-{}",
-        bm.family,
-        bm.preset,
-        bm.seed,
-        &m.eval.public_hash.to_hex()[..16]
-    ));
-    if !dir.join("config.json").exists() {
-        let base = init::generated_base(m, evals)?;
-        init::save_base(&base, &dir, None)?;
-    }
-    Ok(dir)
-}
-
-/// Evaluation records of a Datanet (public file from the store) as JSON values with `slice`.
-async fn eval_records(store: &crate::store::Store, m: &Manifest) -> anyhow::Result<Vec<serde_json::Value>> {
-    super::attribute::eval_values(store, m).await
 }
 
 fn metrics(r: &EvalReport) -> (Vec<LineageMetric>, i64, u32) {
@@ -426,9 +385,10 @@ async fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
     if admitted.is_empty() {
         bail!(trainer::TrainError::EmptyTrainingSet);
     }
-    let evals = eval_records(&store, &m).await?;
-    let bdir = base_dir(g, &m, a.base.as_deref(), &evals)?;
-    let base_hash = folder_hash(&bdir)?;
+    let evals = super::attribute::eval_values(&store, &m).await?;
+    let bdir = trainer::provision_base(&g.datadir(), &m, &evals, a.base.as_deref())?;
+    // Provisioned bases were just verified (and their hash cached); an explicit --base is hashed here.
+    let base_hash = if a.base.is_some() { folder_hash(&bdir)? } else { provision::cached_folder_hash(&bdir)? };
     let device = a.dev.resolve()?;
     let threads = a.dev.threads;
     let manifest = m.clone();
@@ -543,9 +503,9 @@ async fn eval_cmd(a: EvalArgs, g: &Global) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --datanet to evaluate the base"),
     };
-    let evals = eval_records(&store, &m).await?;
+    let evals = super::attribute::eval_values(&store, &m).await?;
     store.close().await?;
-    let bdir = base_dir(g, &m, a.base.as_deref(), &evals)?;
+    let bdir = trainer::provision_base(&g.datadir(), &m, &evals, a.base.as_deref())?;
     let device = a.dev.resolve()?;
     let threads = a.dev.threads;
     let json = g.json;

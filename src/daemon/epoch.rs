@@ -759,7 +759,7 @@ async fn build_plan(
         let (inputs, eval_emb) = input_records(&m.task, &records, &eval)?;
         let params = EpochParams::from_manifest(&m, jobs);
         let plan = attribution::plan(&inputs, &eval_emb, seed, &params).map_err(|e| e.to_string())?;
-        let base = base_dir(&datadir, &m)?;
+        let base = base_dir(&datadir, &m, &eval)?;
         let values = records.into_iter().map(|r| (r.hash, r.value)).collect();
         Ok(Planned { plan, values, eval, base })
     })
@@ -818,30 +818,10 @@ pub fn input_records(
     Ok((inputs, eval_emb))
 }
 
-/// The base folder of a manifest: `models/<hash>/`, else its generated preset (created once).
-pub fn base_dir(datadir: &Path, m: &Manifest) -> Result<PathBuf, String> {
-    use crate::trainer::{Family, init};
-    let bm = &m.base_model;
-    let models = datadir.join("models");
-    if bm.hash != crate::ids::BlobHash::default() {
-        let dir = models.join(bm.hash.to_hex());
-        if !dir.exists() {
-            return Err(format!("base model {} is not installed; `datanet model import <folder>` it", bm.hash));
-        }
-        return Ok(dir);
-    }
-    let family: Family = bm.family.parse().map_err(|e| format!("base_model.family: {e}"))?;
-    let (features, classes) = match m.task {
-        TaskKind::Tabular { features, classes } => (features, classes),
-        _ => (0, 0),
-    };
-    let dir = models.join(format!("generated-{}-{}-{}-{features}x{classes}", family.name(), bm.preset, bm.seed));
-    if !dir.join("config.json").exists() {
-        let base = init::random_base(family, &bm.preset, features.max(1), classes.max(2), bm.seed)
-            .map_err(|e| format!("generating the base: {e}"))?;
-        init::save_base(&base, &dir, None).map_err(|e| format!("saving the base in {}: {e}", dir.display()))?;
-    }
-    Ok(dir)
+/// The base folder of a manifest, provisioned like every other path's ([`crate::trainer::provision_base`]):
+/// `models/<hash>/` re-hashed before use, else its generated preset standardized on `eval` (created once).
+pub fn base_dir(datadir: &Path, m: &Manifest, eval: &[Value]) -> Result<PathBuf, String> {
+    crate::trainer::provision_base(datadir, m, eval, None).map_err(|e| format!("the base model: {e}"))
 }
 
 #[cfg(test)]

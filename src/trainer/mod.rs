@@ -10,7 +10,8 @@
 //!   unchanged) and `mlp` ([`mlp`]: a tabular classifier with standardization statistics stored as
 //!   tensors). A config key `"datanet_tokenizer": "bytes"` selects the built-in byte tokenizer
 //!   ([`tokenizer`]) instead of `tokenizer.json`. [`init`] writes random presets (`tiny`, `bench`)
-//!   and pretrains a base from scratch.
+//!   and pretrains a base from scratch. [`provision`] is the one way every caller gets a manifest's
+//!   base folder (generated once, or imported and re-hashed before use).
 //! - **LoRA** ([`lora`]): A and B matrices around the recipe's target linear layers; the base stays
 //!   frozen. Adapters are written in PEFT layout (`adapter_config.json` + `adapter_model.safetensors`
 //!   with PEFT tensor names) and can be merged into the base (`W + alpha/r · B·A`).
@@ -43,6 +44,7 @@ pub mod lora;
 pub mod mlp;
 pub mod model;
 pub mod optim;
+pub mod provision;
 pub mod tokenizer;
 pub mod train;
 pub mod utility;
@@ -52,6 +54,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 pub use model::{Base, Family};
+pub use provision::provision_base;
 
 /// Everything that can go wrong while loading, training, evaluating or merging.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +99,18 @@ pub enum TrainError {
     Adapter { path: PathBuf, reason: String },
     #[error("task {task} does not fit the {family} family")]
     TaskMismatch { task: &'static str, family: &'static str },
+    #[error("base model {hash} is not installed; `datanet model import <folder>` it (or pass --base)")]
+    BaseNotInstalled { hash: crate::ids::BlobHash },
+    #[error(
+        "{path}: the base model folder hashes to {found}, but the manifest names {expected}: it was modified or \
+         damaged after import; import the original again (`datanet model import <folder>`)"
+    )]
+    BaseHashMismatch { path: PathBuf, expected: crate::ids::BlobHash, found: crate::ids::BlobHash },
+    #[error(
+        "importing {src}: the copy hashes to {found}, the source to {expected}; nothing was installed \
+         (was the folder changing during the import?)"
+    )]
+    ImportMismatch { src: PathBuf, expected: crate::ids::BlobHash, found: crate::ids::BlobHash },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
