@@ -49,6 +49,10 @@ pub use jobs::coalitions;
 pub use reports::{MedianTable, Report, median_table};
 
 const TRAIN_ORDER_CONTEXT: &str = "datanet/attribution/train-order/v1";
+const UNIT_SEED_CONTEXT: &str = "datanet/attribution/unit-seed/v1";
+/// The weight of one record in a unit's shares: lcm(1..=16), so a record held by up to 16
+/// contributors at the same priority splits into equal integer parts (beyond that, floored parts).
+pub const RECORD_WEIGHT: u64 = 720_720;
 /// Weight of a one-hot label dimension in unit formation: 16 in fixed point, twice the feature clip.
 const LABEL_WEIGHT: i32 = 16 << features::FRAC_BITS;
 
@@ -57,8 +61,10 @@ const LABEL_WEIGHT: i32 = 16 << features::FRAC_BITS;
 pub struct InputRecord {
     /// Hash of the canonical record.
     pub hash: RecordHash,
-    /// The contributor credited with it (first commitment).
-    pub contributor: PeerKey,
+    /// The contributors credited with it, sorted, each once: those holding it at the earliest
+    /// (witnessed) priority of any contribution holding it. They split its credit equally
+    /// ([`RECORD_WEIGHT`]).
+    pub owners: Vec<PeerKey>,
     /// Canonical record of its near-duplicate cluster (its own hash when it is canonical).
     pub cluster: RecordHash,
     /// Its fixed-point features ([`features::Featurizer::embed`]).
@@ -68,8 +74,11 @@ pub struct InputRecord {
 /// Knobs of an epoch's attribution; every peer must use the same ones.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochParams {
-    /// T: coalition jobs per epoch.
+    /// T: coalition jobs per epoch at least. The plan sizes the count up to the smallest whole
+    /// number of orthogonal blocks that hold all its units ([`job_count_for`]), at most `jobs_max`.
     pub jobs: u32,
+    /// Most coalition jobs the plan may size the count up to (never below `jobs`).
+    pub jobs_max: u32,
     /// Records per unit k-means aims for, and the band units are cut or merged into.
     pub unit_records_target: u32,
     pub unit_records_min: u32,
@@ -125,6 +134,7 @@ impl EpochParams {
             pool: 1_000_000,
             unit_cap_ppm: 500_000,
             noise_floor_milli: 3000,
+            jobs_max: 256,
         }
     }
 
@@ -147,6 +157,9 @@ impl EpochParams {
             return bad("kmeans_iterations", "must be between 1 and 100");
         }
         if self.screen_k == 0 {
+        if self.jobs_max > 1_000_000 {
+            return bad("jobs_max", "must be at most 1000000");
+        }
             return bad("screen_k", "must be at least 1");
         }
         if self.screen_tail_max_ppm > 1_000_000 || self.unit_cap_ppm == 0 || self.unit_cap_ppm > 1_000_000 {
@@ -168,7 +181,10 @@ pub struct Unit {
     /// Canonical, unscreened records, ordered by BLAKE3(seed ‖ hash): a job takes the first
     /// `records_per_unit_max`.
     pub records: Vec<RecordHash>,
-    /// (contributor, records it supplied first), sorted by key; the share is count / records.len().
+    /// (contributor, weight), sorted by key: each record of the unit has weight [`RECORD_WEIGHT`],
+    /// split equally (by floor) between its owners, and the weights are divided by their greatest
+    /// common divisor (a unit of single-owner records reads as record counts). A contributor's
+    /// share of the unit is its weight / [`Unit::weight_total`].
     pub shares: Vec<(PeerKey, u32)>,
 }
 
@@ -176,7 +192,7 @@ pub struct Unit {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContributorSummary {
     pub contributor: PeerKey,
-    /// Records credited to it (first commitment).
+    /// Records it is an owner of (held at the earliest priority; shared records count for each).
     pub records: u32,
     /// Of those, near-duplicates of another canonical record (no credit).
     pub near_duplicates: u32,
@@ -185,6 +201,65 @@ pub struct ContributorSummary {
     /// Units it holds a share of.
     pub units: u32,
 }
+impl Unit {
+    /// Σ of the shares' weights: the denominator of every share.
+    pub fn weight_total(&self) -> u64 {
+        self.shares.iter().map(|s| s.1 as u64).sum()
+    }
+}
+
+/// Unit shares from records' owner lists: [`RECORD_WEIGHT`] per record split by floor between its
+/// owners, summed per owner, reduced by their gcd (and, should the total still not fit `u32`
+/// arithmetic, scaled down by floor: only ever less).
+fn unit_shares<'a>(owner_lists: impl Iterator<Item = &'a [PeerKey]>) -> Vec<(PeerKey, u32)> {
+    let mut w: std::collections::BTreeMap<PeerKey, u64> = Default::default();
+    for owners in owner_lists {
+        if owners.is_empty() {
+            continue;
+        }
+        let part = RECORD_WEIGHT / owners.len() as u64;
+        for o in owners {
+            *w.entry(*o).or_default() += part;
+        }
+    }
+    let g = w.values().fold(0u64, |g, &x| gcd(g, x)).max(1);
+    let total: u64 = w.values().map(|x| x / g).sum();
+    let limit = u32::MAX as u64;
+    w.into_iter()
+        .map(|(k, x)| {
+            let x = x / g;
+            let x = if total > limit { (x as u128 * limit as u128 / total as u128) as u64 } else { x };
+            (k, x as u32)
+        })
+        .collect()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The job count of a plan with `units` units: at least `params.jobs`; when that many jobs do not
+/// come as orthogonal blocks holding every unit (a block of B jobs holds B/2 units), the smallest
+/// multiple of the smallest such block B ≥ 2·units, if that is at most `params.jobs_max`. Every
+/// member computes the same from the plan.
+pub fn job_count_for(params: &EpochParams, units: u32) -> u32 {
+    let block = (2 * units.max(1)).next_power_of_two().max(2);
+    let sized = params.jobs.div_ceil(block).max(1).saturating_mul(block);
+    if sized <= params.jobs_max { sized.max(params.jobs) } else { params.jobs }
+}
+
+/// The seed unit formation draws from: BLAKE3 over the sorted canonical record hashes of the input
+/// set, so unchanged inputs form the same units under every epoch seed (units that change with the
+/// epoch seed move a contributor's records across the per-unit cap and its reward with them).
+fn content_seed(sorted_hashes: &[RecordHash]) -> [u8; 32] {
+    let mut x = blake3::Hasher::new_derive_key(UNIT_SEED_CONTEXT);
+    x.update(&(sorted_hashes.len() as u64).to_le_bytes());
+    for h in sorted_hashes {
+        x.update(h.as_bytes());
+    }
+    *x.finalize().as_bytes()
+}
+
 
 /// Everything an epoch's attribution needs besides the utilities; deterministic in its inputs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,7 +378,8 @@ pub fn plan(
         })
         .collect();
     let points: Vec<(RecordHash, &[i32])> = kept.iter().zip(&augmented).map(|(r, v)| (r.hash, v.as_slice())).collect();
-    let groups = units::form_units(epoch_seed, &points, &shape);
+    let unit_seed = content_seed(&canonical.iter().map(|r| r.hash).collect::<Vec<_>>());
+    let groups = units::form_units(unit_seed, &points, &shape);
     let order_key = |h: &RecordHash| {
         let mut x = blake3::Hasher::new_derive_key(TRAIN_ORDER_CONTEXT);
         x.update(&epoch_seed);
@@ -315,15 +391,7 @@ pub fn plan(
         .map(|g| {
             let mut members: Vec<&InputRecord> = g.iter().map(|&i| kept[i]).collect();
             members.sort_by_cached_key(|r| order_key(&r.hash));
-            let mut shares: Vec<(PeerKey, u32)> = Vec::new();
-            let mut owners: Vec<PeerKey> = members.iter().map(|r| r.contributor).collect();
-            owners.sort();
-            for o in owners {
-                match shares.last_mut() {
-                    Some((k, n)) if *k == o => *n += 1,
-                    _ => shares.push((o, 1)),
-                }
-            }
+            let shares = unit_shares(members.iter().map(|r| r.owners.as_slice()));
             Unit { records: members.iter().map(|r| r.hash).collect(), shares }
         })
         .collect();
@@ -331,18 +399,20 @@ pub fn plan(
     // Per-contributor summary.
     let mut summary: std::collections::BTreeMap<PeerKey, ContributorSummary> = Default::default();
     for r in &recs {
-        let s = summary
-            .entry(r.contributor)
-            .or_insert_with(|| ContributorSummary { contributor: r.contributor, ..Default::default() });
-        s.records += 1;
-        if r.cluster != r.hash && present(&r.cluster) {
-            s.near_duplicates += 1;
+        for o in &r.owners {
+            let s = summary.entry(*o).or_insert_with(|| ContributorSummary { contributor: *o, ..Default::default() });
+            s.records += 1;
+            if r.cluster != r.hash && present(&r.cluster) {
+                s.near_duplicates += 1;
+            }
         }
     }
     let screened_set: std::collections::BTreeSet<RecordHash> = screened.iter().copied().collect();
     for r in &canonical {
         if screened_set.contains(&r.hash) {
-            summary.get_mut(&r.contributor).expect("contributor present").screened_out += 1;
+            for o in &r.owners {
+                summary.get_mut(o).expect("contributor present").screened_out += 1;
+            }
         }
     }
     for u in &units {
@@ -354,7 +424,7 @@ pub fn plan(
     Ok(EpochPlan {
         seed: epoch_seed,
         params: params.clone(),
-        coalitions: jobs::coalitions(epoch_seed, units.len() as u32, params.jobs),
+        coalitions: jobs::coalitions(epoch_seed, units.len() as u32, job_count_for(params, units.len() as u32)),
         units,
         contributors: summary.into_values().collect(),
         record_values,
@@ -386,7 +456,8 @@ pub struct Scores {
     pub unit_errors: Vec<i64>,
     /// One leaf per contributor of the input set, sorted by key.
     pub leaves: Vec<CreditLeaf>,
-    /// Pool not paid out (unit caps, or no positive value at all); stays in the pool.
+    /// Pool not paid out; stays in the pool: `retained_by_cap`, or all of it when no unit has
+    /// positive value above the noise floor.
     pub retained: u64,
 }
 
@@ -401,6 +472,9 @@ pub enum ScoreError {
 
 /// Scores a plan given one agreed utility per job (in job order).
 pub fn score(plan: &EpochPlan, utilities: &[i64]) -> Result<Scores, ScoreError> {
+    /// The part of `retained` the per-unit cap kept: pool × (Σ value above the cap) / (Σ positive
+    /// value), rounded so that paid + retained = pool. The cap never hands this to other units.
+    pub retained_by_cap: u64,
     let jobs = plan.job_count();
     if utilities.len() < jobs as usize {
         return Err(ScoreError::MissingJob { job: utilities.len() as u32, jobs });
@@ -413,12 +487,16 @@ pub fn score(plan: &EpochPlan, utilities: &[i64]) -> Result<Scores, ScoreError> 
     let (capped, total) = value::capped_values(&credited, plan.params.unit_cap_ppm);
     let mut credit: std::collections::BTreeMap<PeerKey, u128> =
         plan.contributors.iter().map(|c| (c.contributor, 0u128)).collect();
-    // Exact rational weights for the split: Σ_u capped_u · n_cu · (L / n_u) would need a common
-    // denominator; instead weight = Σ_u capped_u · n_cu · 2^32 / n_u (floored), credit = weight >> 32.
+    // weight_c = Σ_u ⌊capped_u · w_cu · 2^32 / Σ_c' w_c'u⌋ and credit_c = ⌊weight_c / 2^32⌋: every
+    // term is floored, so splitting one owner's weight w over identities (w = w_1 + … + w_k) can
+    // only lose (⌊x⌋ + ⌊y⌋ ≤ ⌊x + y⌋): a split never raises the total credit.
     for (u, &c) in plan.units.iter().zip(&capped) {
-        let n = u.records.len() as u128;
-        for (k, cnt) in &u.shares {
-            *credit.entry(*k).or_default() += ((c as u128) << 32) * *cnt as u128 / n;
+        let n = u.weight_total() as u128;
+        if n == 0 {
+            continue;
+        }
+        for (k, w) in &u.shares {
+            *credit.entry(*k).or_default() += ((c as u128) << 32) * *w as u128 / n;
         }
     }
     let capped_total: u128 = capped.iter().map(|&c| c as u128).sum();
@@ -431,7 +509,9 @@ pub fn score(plan: &EpochPlan, utilities: &[i64]) -> Result<Scores, ScoreError> 
         .zip(&rewards)
         .map(|((k, w), &reward)| CreditLeaf { contributor: *k, credit: (w >> 32).min(u64::MAX as u128) as u64, reward })
         .collect();
-    Ok(Scores { unit_values, unit_errors, leaves, retained: plan.params.pool - paid_out })
+    let retained = plan.params.pool - paid_out;
+    let retained_by_cap = if total == 0 { 0 } else { retained };
+    Ok(Scores { unit_values, unit_errors, leaves, retained, retained_by_cap })
 }
 
 /// Scores a plan from a median table; a job without an agreed utility is an error naming it.

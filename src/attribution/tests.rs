@@ -28,7 +28,7 @@ fn synthetic(contributors: u8, per: usize, seed: u64) -> (Vec<InputRecord>, Vec<
                 e.label ^= 1;
             }
             let hash = RecordHash::of(format!("{seed}/{c}/{j}").as_bytes());
-            records.push(InputRecord { hash, contributor: key(c + 1), cluster: hash, embedding: e });
+            records.push(InputRecord { hash, owners: vec![key(c + 1)], cluster: hash, embedding: e });
         }
     }
     let eval = (0..40).map(|i| point(i % 2)).collect();
@@ -89,8 +89,8 @@ fn sybil_split_changes_nothing() {
             .enumerate()
             .map(|(i, r)| {
                 let mut r = r.clone();
-                if r.contributor == key(1) {
-                    r.contributor = key(100 + (i as u8 % k));
+                if r.owners == [key(1)] {
+                    r.owners = vec![key(100 + (i as u8 % k))];
                 }
                 r
             })
@@ -120,9 +120,9 @@ fn near_duplicates_earn_nothing() {
     let p = plan(&records, &eval, [6; 32], &small_params(60)).unwrap();
     let s = score(&p, &utilities(&p, &records)).unwrap();
     let mut with_copies = records.clone();
-    for (i, r) in records.iter().enumerate().filter(|(_, r)| r.contributor == key(1)) {
+    for (i, r) in records.iter().enumerate().filter(|(_, r)| r.owners == [key(1)]) {
         let hash = RecordHash::of(format!("copy/{i}").as_bytes());
-        with_copies.push(InputRecord { hash, contributor: key(9), cluster: r.hash, embedding: r.embedding.clone() });
+        with_copies.push(InputRecord { hash, owners: vec![key(9)], cluster: r.hash, embedding: r.embedding.clone() });
     }
     let pc = plan(&with_copies, &eval, [6; 32], &small_params(60)).unwrap();
     let sc = score(&pc, &utilities(&pc, &with_copies)).unwrap();
@@ -201,4 +201,149 @@ proptest! {
         prop_assert_eq!(leaves_bytes(&a.leaves), leaves_bytes(&b.leaves));
         prop_assert_eq!(a.leaves.iter().map(|l| l.reward).sum::<u64>() + a.retained, p.params.pool);
     }
+}
+
+/// `records` with `victim`'s records reassigned to `ids[pick[i] % k]` (the i-th of its records).
+fn split_owner(records: &[InputRecord], victim: PeerKey, ids: &[PeerKey], k: usize, pick: &[u32]) -> Vec<InputRecord> {
+    let mut i = 0;
+    records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if r.owners == [victim] {
+                r.owners = vec![ids[pick[i % pick.len()] as usize % k]];
+                i += 1;
+            }
+            r
+        })
+        .collect()
+}
+
+fn credit_of(s: &Scores, k: &PeerKey) -> u64 {
+    s.leaves.iter().find(|l| l.contributor == *k).map_or(0, |l| l.credit)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    // Splitting one contributor's records over k = 2..16 identities at the same priority (random
+    // partition, random keys, random data and other contributors, fixed seed and utilities) leaves
+    // units, coalitions and job records identical; the identities' total credit never exceeds the
+    // unsplit credit and loses at most k to rounding; every other contributor's credit is unchanged.
+    #[test]
+    fn identity_split_is_neutral(
+        data_seed in any::<u64>(),
+        others in 1u8..4,
+        per in 20usize..50,
+        k in 2usize..=16,
+        pick in proptest::collection::vec(any::<u32>(), 1..64),
+        keys in proptest::collection::btree_set(any::<[u8; 32]>(), 16),
+        noise_seed in any::<u64>(),
+    ) {
+        let (records, eval) = synthetic(others + 1, per, data_seed);
+        let params = small_params(16);
+        let p = plan(&records, &eval, [9; 32], &params).unwrap();
+        // Utilities: the stand-in game plus noise, fixed per job (the same for both plans).
+        let mut x = noise_seed | 1;
+        let u: Vec<i64> = utilities(&p, &records)
+            .into_iter()
+            .map(|v| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                v + (x % 40_001) as i64 - 20_000
+            })
+            .collect();
+        let ids: Vec<PeerKey> = keys.into_iter().map(PeerKey).filter(|k| k.0[1..] != k.0[..31]).collect();
+        prop_assume!(ids.len() >= k);
+        let split = split_owner(&records, key(1), &ids, k, &pick);
+        let ps = plan(&split, &eval, [9; 32], &params).unwrap();
+        prop_assert_eq!(ps.units.iter().map(|u| &u.records).collect::<Vec<_>>(), p.units.iter().map(|u| &u.records).collect::<Vec<_>>());
+        prop_assert_eq!(&ps.coalitions, &p.coalitions);
+        for j in 0..p.job_count() {
+            prop_assert_eq!(ps.job_records(j), p.job_records(j));
+        }
+        let (s, ss) = (score(&p, &u).unwrap(), score(&ps, &u).unwrap());
+        prop_assert_eq!(&ss.unit_values, &s.unit_values);
+        let one = credit_of(&s, &key(1));
+        let many: u64 = ids[..k].iter().map(|i| credit_of(&ss, i)).sum();
+        prop_assert!(many <= one, "k={}: split {} > unsplit {}", k, many, one);
+        prop_assert!(many + k as u64 >= one, "k={}: split {} lost more than k of {}", k, many, one);
+        for c in (2..=others + 1).map(key) {
+            prop_assert_eq!(credit_of(&ss, &c), credit_of(&s, &c));
+            let (a, b) = (s.leaves.iter().find(|l| l.contributor == c).unwrap().reward, ss.leaves.iter().find(|l| l.contributor == c).unwrap().reward);
+            prop_assert!(a.abs_diff(b) <= k as u64, "k={}: reward {} vs {}", k, a, b);
+        }
+        prop_assert_eq!(ss.leaves.iter().map(|l| l.reward).sum::<u64>() + ss.retained, params.pool);
+    }
+}
+
+// A record held by several contributors at the same priority is split equally between them, and
+// the unit shares add up to the whole.
+#[test]
+fn shared_records_split_equally() {
+    let (mut records, eval) = synthetic(2, 40, 8);
+    // Every record of contributor 1 is also held by contributor 2.
+    for r in records.iter_mut().filter(|r| r.owners == [key(1)]) {
+        r.owners = vec![key(1), key(2)];
+    }
+    let p = plan(&records, &eval, [4; 32], &small_params(16)).unwrap();
+    for u in &p.units {
+        let w = |k: PeerKey| u.shares.iter().find(|s| s.0 == k).map_or(0, |s| s.1 as u64);
+        let shared = u.records.iter().filter(|h| records.iter().any(|r| r.hash == **h && r.owners.len() == 2)).count();
+        let total = u.weight_total();
+        // Exact halves: contributor 1 holds shared/2 of the unit's n records' weight.
+        assert_eq!(w(key(1)) * 2 * u.records.len() as u64, total * shared as u64);
+        assert_eq!(w(key(1)) + w(key(2)), total);
+    }
+    let u = utilities(&p, &records);
+    let s = score(&p, &u).unwrap();
+    assert!(credit_of(&s, &key(1)) > 0 && credit_of(&s, &key(2)) > credit_of(&s, &key(1)));
+}
+
+// For M units the plan draws at least `jobs` coalitions, sized up to whole orthogonal blocks that
+// hold every unit (a block of B jobs holds B/2 units) unless that passes `jobs_max`.
+#[test]
+fn job_count_sized_by_units() {
+    let p = |jobs, jobs_max| EpochParams { jobs_max, ..EpochParams::with_jobs(jobs) };
+    assert_eq!(job_count_for(&p(16, 256), 10), 32);
+    assert_eq!(job_count_for(&p(16, 256), 8), 16);
+    assert_eq!(job_count_for(&p(64, 256), 10), 64);
+    assert_eq!(job_count_for(&p(200, 256), 100), 256);
+    assert_eq!(job_count_for(&p(16, 256), 200), 16);
+    assert_eq!(job_count_for(&p(300, 512), 10), 320);
+    assert_eq!(job_count_for(&p(300, 256), 10), 300);
+    let (records, eval) = synthetic(4, 60, 9);
+    let plan = plan(&records, &eval, [1; 32], &small_params(8)).unwrap();
+    let m = plan.units.len();
+    assert!(m > 4, "{m} units");
+    assert_eq!(plan.job_count() as usize, (2 * m).next_power_of_two());
+    for i in 0..m {
+        assert_eq!(plan.coalitions.iter().filter(|c| c[i]).count(), plan.job_count() as usize / 2);
+    }
+}
+
+// Units depend on the content only: the same inputs under two epoch seeds form the same units
+// (the training order inside a unit still follows the epoch seed).
+#[test]
+fn units_do_not_follow_the_epoch_seed() {
+    let (records, eval) = synthetic(3, 80, 10);
+    let a = plan(&records, &eval, [1; 32], &small_params(16)).unwrap();
+    let b = plan(&records, &eval, [2; 32], &small_params(16)).unwrap();
+    let sorted = |p: &EpochPlan| {
+        let mut v: Vec<Vec<RecordHash>> = p
+            .units
+            .iter()
+            .map(|u| {
+                let mut r = u.records.clone();
+                r.sort();
+                r
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(a.units.len() > 2);
+    assert_eq!(sorted(&a), sorted(&b));
+    assert_ne!(a.coalitions, b.coalitions);
 }

@@ -877,9 +877,17 @@ impl World {
     }
 
     /// Admits `contributions` (identity name, records) in order into a fresh datadir and measures
-    /// the epoch; returns reward per identity name and the measurement.
+    /// the epoch, the i-th contribution at priority i (the scenario's order); returns reward per
+    /// identity name and the measurement.
     async fn run(&mut self, contributions: &[(String, Vec<Value>)]) -> anyhow::Result<Outcome> {
         let tmp = tempfile::tempdir()?;
+        let at: Vec<u64> = (0..contributions.len() as u64).collect();
+        self.run_at(contributions, &at).await
+    }
+
+    /// [`World::run`] with the witnessed priority of each contribution given (`priorities[i]`
+    /// for `contributions[i]`), passed to `Store::datanet_records` as the freeze would.
+    async fn run_at(&mut self, contributions: &[(String, Vec<Value>)], priorities: &[u64]) -> anyhow::Result<Outcome> {
         let dir = tmp.path();
         std::fs::write(dir.join("eval.jsonl"), &self.eval_jsonl)?;
         std::fs::write(dir.join("m.toml"), &self.manifest_toml)?;
@@ -890,7 +898,8 @@ impl World {
         store.put_blob(blobs.public).await?;
         let id = store.put_manifest(&Signed::sign(manifest.clone(), &founder.signing_key())).await?;
         let mut names = BTreeMap::new();
-        for (name, records) in contributions {
+        let mut witnessed = BTreeMap::new();
+        for ((name, records), &priority) in contributions.iter().zip(priorities) {
             let who = Identity::from_seed(*blake3::hash(format!("datanet-bench/{name}").as_bytes()).as_bytes());
             names.insert(who.public_key(), name.clone());
             let canon = records
@@ -901,11 +910,11 @@ impl World {
                         .with_context(|| format!("contributor {name} record {}", i + 1))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            admission::admit_local(&store, &who, &id, canon).await?;
-            // Distinct creation times keep the canonical (first-commitment) order the scenario's order.
-            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            let ack = admission::admit_local(&store, &who, &id, canon).await?;
+            // Resubmitting an identical contribution changes nothing: it keeps its first priority.
+            witnessed.entry(ack.id).or_insert(priority);
         }
-        let records = store.datanet_records(&id, None).await?;
+        let records = store.datanet_records(&id, Some(&witnessed)).await?;
         store.close().await?;
         let progress = indicatif::ProgressBar::hidden();
         let m = attribute::measure(
@@ -1286,7 +1295,10 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
                     c[i % k as usize].1.push(r.clone());
                 }
                 c.extend(honest.iter().skip(1).cloned());
-                let g = ratio(w.run(&c).await?.prefix_reward("sybil"), base);
+                // The identities' contributions are witnessed when c0's would have been: priority 0;
+                // the others keep theirs (1, 2, …).
+                let at: Vec<u64> = (0..c.len()).map(|i| (i as u64 + 1).saturating_sub(k as u64)).collect();
+                let g = ratio(w.run_at(&c, &at).await?.prefix_reward("sybil"), base);
                 extra.push((format!("gain_k{k}"), g));
                 worst = worst.max(g);
             }
@@ -1421,7 +1433,8 @@ async fn screen_quality(w: &mut World, all: &[Value], flipped: &[bool]) -> anyho
                 hash: c.hash,
                 value: c.value,
                 contribution: Default::default(),
-                contributor: Default::default(),
+                priority: 0,
+                owners: vec![Default::default()],
                 cluster: None,
             });
         }

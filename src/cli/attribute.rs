@@ -117,7 +117,7 @@ pub fn measure(
 pub fn contributor_values(plan: &EpochPlan, unit_values: &[i64]) -> BTreeMap<PeerKey, i64> {
     let mut out: BTreeMap<PeerKey, i128> = BTreeMap::new();
     for (u, &phi) in plan.units.iter().zip(unit_values) {
-        let n = u.records.len().max(1) as i128;
+        let n = u.weight_total().max(1) as i128;
         for (k, c) in &u.shares {
             *out.entry(*k).or_default() += phi as i128 * *c as i128 / n;
         }

@@ -372,16 +372,18 @@ fn print_report(title: &str, r: &EvalReport, json: bool) {
 async fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
     let (identity, store) = super::data::open_store(g).await?;
     let (datanet, m) = super::data::resolve(&store, &a.datanet)?;
-    let only: Option<Vec<ContributionId>> = if a.contributions.is_empty() {
+    // Training reads records, not credit: every named contribution at the same priority.
+    let only: Option<std::collections::BTreeMap<ContributionId, u64>> = if a.contributions.is_empty() {
         None
     } else {
-        let mut ids = Vec::new();
+        let mut ids = std::collections::BTreeMap::new();
         for c in &a.contributions {
-            ids.push(store.resolve_contribution(c)?.with_context(|| format!("contribution `{c}` is not known here"))?);
+            let id = store.resolve_contribution(c)?.with_context(|| format!("contribution `{c}` is not known here"))?;
+            ids.insert(id, 0);
         }
         Some(ids)
     };
-    let admitted = store.datanet_records(&datanet, only.as_deref()).await?;
+    let admitted = store.datanet_records(&datanet, only.as_ref()).await?;
     if admitted.is_empty() {
         bail!(trainer::TrainError::EmptyTrainingSet);
     }

@@ -7,8 +7,9 @@
 //! contribution's marker in one small transaction, then flushes. These indexes give admission its
 //! counts (new, duplicate, near-duplicate); they are local, not agreed on. [`Store::datanet_records`] gives attribution the
 //! Datanet's records with duplicates and near-duplicate clusters resolved in the canonical order
-//! (contribution `created_ms`, then id), so every peer derives the same first contributor
-//! regardless of the order it received things.
+//! (the priority of the contribution holding a record — the epoch's witnessed priority —, then the
+//! record hash), so every peer derives the same owners and clusters regardless of the order it
+//! received things, and no contributor's own claim (its `created_ms`, its ids) enters.
 
 use super::{Store, StoreError, key2, record_key, trees};
 use crate::admission::{self, CanonicalRecord, SignedContribution, neardup};
@@ -56,9 +57,12 @@ pub struct Admitted {
 pub struct AdmittedRecord {
     pub hash: RecordHash,
     pub value: serde_json::Value,
-    /// The contribution that holds it first in canonical order, and its contributor.
+    /// The priority it is credited at: the earliest of the contributions holding it.
+    pub priority: u64,
+    /// The first contribution holding it at that priority (by id).
     pub contribution: ContributionId,
-    pub contributor: PeerKey,
+    /// Every contributor holding it at that priority, sorted, each once: they split its credit.
+    pub owners: Vec<PeerKey>,
     /// The canonical record of the near-duplicate cluster this record joined, if any.
     pub cluster: Option<RecordHash>,
 }
@@ -633,38 +637,60 @@ impl Store {
         Ok(records)
     }
 
-    /// The Datanet's records for attribution: each distinct record once, credited to the first
-    /// contribution holding it in canonical order (`created_ms`, then id), with near-duplicate
-    /// clusters recomputed in that same order. `only` restricts to some contributions.
+    /// The Datanet's records for attribution: each distinct record once, ordered by (priority of
+    /// the earliest contribution holding it, record hash), with near-duplicate clusters rebuilt
+    /// greedily in that order, so which record is canonical never depends on identities, ids or the
+    /// order within a file.
+    ///
+    /// `Some(priorities)`: only those contributions, each at its given priority (the epoch's
+    /// witnessed priority, certified in the freeze). `None`: every contribution of the Datanet, each
+    /// at its local `admitted_ms` (offline tools). A record held by several contributions takes the
+    /// earliest priority; every contributor holding it at that same priority is one of its
+    /// `owners` (sorted, each once), who split its credit equally.
     pub async fn datanet_records(
         &self,
         d: &DatanetId,
-        only: Option<&[ContributionId]>,
+        priorities: Option<&std::collections::BTreeMap<ContributionId, u64>>,
     ) -> Result<Vec<AdmittedRecord>, StoreError> {
         let manifest =
             self.manifest(d)?.ok_or_else(|| StoreError::Transaction(format!("datanet {d} is not known here")))?.body;
-        let mut infos = self.contributions(d)?;
-        if let Some(only) = only {
-            infos.retain(|c| only.contains(&c.id));
-        }
-        infos.sort_by_key(|c| (c.signed.body.created_ms, c.id));
-        let mut seen = std::collections::HashSet::new();
-        let mut near = MemNear::default();
-        let mut out = Vec::new();
-        for c in &infos {
-            let records: Vec<CanonicalRecord> =
-                self.contribution_records(&c.id).await?.into_iter().filter(|r| seen.insert(r.hash)).collect();
-            let parts = near_parts_all(&manifest, &records.iter().collect::<Vec<_>>());
-            for (rec, parts) in records.into_iter().zip(parts) {
-                let cluster = classify_near(&mut near, &manifest, rec.hash, parts);
-                out.push(AdmittedRecord {
-                    hash: rec.hash,
-                    value: rec.value,
-                    contribution: c.id,
-                    contributor: c.signed.body.contributor,
-                    cluster,
-                });
+        let mut infos: Vec<(u64, ContributionInfo)> = self
+            .contributions(d)?
+            .into_iter()
+            .filter_map(|c| match priorities {
+                Some(p) => p.get(&c.id).map(|&t| (t, c)),
+                None => Some((c.meta.admitted_ms, c)),
+            })
+            .collect();
+        infos.sort_by_key(|(t, c)| (*t, c.id));
+        // hash → (record, priority, first contribution at it, owners at it)
+        let mut held: HashMap<RecordHash, (CanonicalRecord, u64, ContributionId, Vec<PeerKey>)> = HashMap::new();
+        for (t, c) in &infos {
+            let who = c.signed.body.contributor;
+            for rec in self.contribution_records(&c.id).await? {
+                match held.get_mut(&rec.hash) {
+                    None => {
+                        held.insert(rec.hash, (rec, *t, c.id, vec![who]));
+                    }
+                    // Contributions come in (priority, id) order: a later priority never joins.
+                    Some((_, first, _, owners)) if *first == *t => {
+                        if !owners.contains(&who) {
+                            owners.push(who);
+                        }
+                    }
+                    Some(_) => {}
+                }
             }
+        }
+        let mut ordered: Vec<(CanonicalRecord, u64, ContributionId, Vec<PeerKey>)> = held.into_values().collect();
+        ordered.sort_by(|a, b| (a.1, a.0.hash).cmp(&(b.1, b.0.hash)));
+        let parts = near_parts_all(&manifest, &ordered.iter().map(|o| &o.0).collect::<Vec<_>>());
+        let mut near = MemNear::default();
+        let mut out = Vec::with_capacity(ordered.len());
+        for ((rec, priority, contribution, mut owners), parts) in ordered.into_iter().zip(parts) {
+            let cluster = classify_near(&mut near, &manifest, rec.hash, parts);
+            owners.sort();
+            out.push(AdmittedRecord { hash: rec.hash, value: rec.value, priority, contribution, owners, cluster });
         }
         Ok(out)
     }
@@ -782,6 +808,69 @@ mod tests {
         assert!(seen.len() > 100, "the sequence covers most base records and variants");
         let merged = trees.recs.iter().keys().filter(|k| k.as_ref().unwrap()[34..] == MERGED).count();
         assert!(merged > 0, "buckets were merged");
+    }
+
+    // datanet_records credits each record to the contributors holding it at the earliest given
+    // priority (equal priorities share, a contributor holding it twice counts once, later ones get
+    // nothing, whatever their ids or created_ms: a copy made later but witnessed first wins),
+    // orders records by (priority, hash), reads only the listed contributions, and makes the
+    // earliest-priority record of a near-duplicate pair canonical.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn records_follow_priority_not_identity() {
+        use std::collections::BTreeMap;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, d, m) = instruct_store(dir.path()).await;
+        let recs = records(&m, 75);
+        let (a, b, x) = (Identity::from_seed([11; 32]), Identity::from_seed([12; 32]), Identity::from_seed([13; 32]));
+        let ca = admission::admit_local(&store, &a, &d, recs[..50].to_vec()).await.unwrap().id;
+        let cb = admission::admit_local(&store, &b, &d, recs[25..].to_vec()).await.unwrap().id;
+        // The copier re-submits a's records (its created_ms and id are its own choice).
+        let cx = admission::admit_local(&store, &x, &d, recs[..50].to_vec()).await.unwrap().id;
+        // a holds its first ten records a second time, in another contribution.
+        let ca2 = admission::admit_local(&store, &a, &d, recs[..10].to_vec()).await.unwrap().id;
+        let owners_of = |out: &[AdmittedRecord]| -> BTreeMap<RecordHash, Vec<PeerKey>> {
+            out.iter().map(|r| (r.hash, r.owners.clone())).collect()
+        };
+        let (ka, kb, kx) = (a.public_key(), b.public_key(), x.public_key());
+        let mut ab = vec![ka, kb];
+        ab.sort();
+        let pri = |v: &[(ContributionId, u64)]| v.iter().copied().collect::<BTreeMap<_, _>>();
+        let out = store.datanet_records(&d, Some(&pri(&[(ca, 10), (cb, 10), (cx, 20), (ca2, 10)]))).await.unwrap();
+        assert_eq!(out.len(), 75);
+        assert!(out.windows(2).all(|w| (w[0].priority, w[0].hash) < (w[1].priority, w[1].hash)));
+        let o = owners_of(&out);
+        for (i, r) in recs.iter().enumerate() {
+            let want = if i < 25 { vec![ka] } else if i < 50 { ab.clone() } else { vec![kb] };
+            assert_eq!(o[&r.hash], want, "record {i}");
+        }
+        // The copy witnessed first takes a's records; a keeps nothing it shared with the copy.
+        let out = store.datanet_records(&d, Some(&pri(&[(ca, 10), (cb, 10), (cx, 5)]))).await.unwrap();
+        let o = owners_of(&out);
+        assert!(recs[..50].iter().all(|r| o[&r.hash] == vec![kx]));
+        assert!(recs[50..].iter().all(|r| o[&r.hash] == vec![kb]));
+        assert!(out.iter().all(|r| r.priority == if r.owners == [kx] { 5 } else { 10 }));
+        // Only the listed contributions are read.
+        let out = store.datanet_records(&d, Some(&pri(&[(cb, 3)]))).await.unwrap();
+        assert_eq!(out.len(), 50);
+        assert!(out.iter().all(|r| r.owners == [kb] && r.contribution == cb));
+        // `None`: every contribution, each at its local admission time.
+        let out = store.datanet_records(&d, None).await.unwrap();
+        assert_eq!(out.len(), 75);
+        assert!(out.windows(2).all(|w| (w[0].priority, w[0].hash) < (w[1].priority, w[1].hash)));
+        // A near-duplicate pair: the record at the earlier priority is canonical, either way round.
+        let canon = |v: serde_json::Value| admission::canonical::canonicalize(&m.task, v, 1 << 16).unwrap();
+        let text = "Step 4: inspect the seals, log pressure 140 kPa, and report any vibration above 3 mm/s to the duty engineer on call.";
+        let p = canon(serde_json::json!({"prompt": "Explain item 4 of the maintenance checklist for pump station 9", "completion": text}));
+        let q = canon(serde_json::json!({"prompt": "Explain item 4 of the maintenance checklist for pump station 9", "completion": text.replace("inspect", "examine")}));
+        let cp = admission::admit_local(&store, &a, &d, vec![p.clone()]).await.unwrap().id;
+        let cq = admission::admit_local(&store, &b, &d, vec![q.clone()]).await.unwrap().id;
+        for (tp, tq) in [(1, 2), (2, 1)] {
+            let out = store.datanet_records(&d, Some(&pri(&[(cp, tp), (cq, tq)]))).await.unwrap();
+            let (first, second) = if tp < tq { (&p, &q) } else { (&q, &p) };
+            let get = |h: RecordHash| out.iter().find(|r| r.hash == h).unwrap();
+            assert_eq!(get(first.hash).cluster, None, "priorities {tp}, {tq}");
+            assert_eq!(get(second.hash).cluster, Some(first.hash), "priorities {tp}, {tq}");
+        }
     }
 
     // Concurrent admissions of overlapping records are serialized: every record is new exactly once.
