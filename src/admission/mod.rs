@@ -611,3 +611,6 @@ pub fn eval_values(manifest: &Manifest, bytes: &[u8]) -> Result<Vec<serde_json::
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests;
