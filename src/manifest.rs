@@ -129,6 +129,111 @@ pub fn quorum_for(n: usize) -> usize {
     2 * n / 3 + 1
 }
 
+/// The wire protocol version this build speaks; a manifest naming another is refused.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Everything the committee's members must share to agree (DESIGN.md §3): a member with other
+/// values would recompute other roots and refuse honest proposals, so these live in the signed
+/// manifest, not in a peer's config. `[protocol]` in a manifest file; every key has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Protocol {
+    /// Wire protocol version ([`PROTOCOL_VERSION`]).
+    pub version: u32,
+    /// T: coalition jobs per epoch at least (the plan may size more, up to `jobs_max`).
+    pub jobs: u32,
+    pub jobs_max: u32,
+    /// Reporters per job, at most (fewer when the committee is smaller); the default, 5, is
+    /// 3 for committees of 3–4 members.
+    pub replication: u32,
+    /// First view's timeout of the freeze and score rounds; view v waits `× min(2^v, 8)`.
+    pub view_timeout_ms: u64,
+    /// From the input certificate to the commit deadline (training happens in here).
+    pub commit_window_ms: u64,
+    /// From the commit deadline to the score proposal.
+    pub reveal_window_ms: u64,
+    /// How often a member re-sends its current messages.
+    pub rebroadcast_ms: u64,
+    /// How far a member's clock may run ahead of the epoch schedule: epoch e opens at
+    /// `genesis_ms + (e − 1) × epoch_length_secs × 1000 − clock_skew_ms` on its clock.
+    pub clock_skew_ms: u64,
+    /// Unit formation: records per unit k-means aims for, its band, the most units, iterations.
+    pub unit_records_target: u32,
+    pub unit_records_min: u32,
+    pub unit_records_max: u32,
+    pub unit_count_max: u32,
+    pub kmeans_iterations: u32,
+    /// The screen: K, evaluation points, label-agreement pool, largest excluded tail (ppm).
+    pub screen_k: u32,
+    pub screen_eval_max: u32,
+    pub screen_pool_max: u32,
+    pub screen_tail_max_ppm: u32,
+    /// Largest part of the total positive value one unit may count for (ppm).
+    pub unit_cap_ppm: u32,
+    /// Standard errors (×1000) a unit's value must stand above to earn.
+    pub noise_floor_milli: u32,
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Protocol {
+            version: PROTOCOL_VERSION,
+            jobs: 32,
+            jobs_max: 256,
+            replication: 5,
+            view_timeout_ms: 10_000,
+            commit_window_ms: 60_000,
+            reveal_window_ms: 10_000,
+            rebroadcast_ms: 2_000,
+            clock_skew_ms: 30_000,
+            unit_records_target: 200,
+            unit_records_min: 50,
+            unit_records_max: 500,
+            unit_count_max: 1000,
+            kmeans_iterations: 10,
+            screen_k: 10,
+            screen_eval_max: 500,
+            screen_pool_max: 500,
+            screen_tail_max_ppm: 300_000,
+            unit_cap_ppm: 500_000,
+            noise_floor_milli: 3000,
+        }
+    }
+}
+
+impl Protocol {
+    /// Checks the values, naming the bad key.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let bad = |k: &str, m: &str| Err(key_err(format!("protocol.{k}"), m));
+        if self.version != PROTOCOL_VERSION {
+            return bad("version", &format!("this build speaks protocol {PROTOCOL_VERSION}, not {}", self.version));
+        }
+        if self.jobs == 0 || self.jobs > self.jobs_max || self.jobs_max > 100_000 {
+            return bad("jobs", "must be at least 1 and at most jobs_max (at most 100000)");
+        }
+        if self.replication == 0 || self.replication > 64 {
+            return bad("replication", "must be between 1 and 64");
+        }
+        for (k, v) in [
+            ("view_timeout_ms", self.view_timeout_ms),
+            ("commit_window_ms", self.commit_window_ms),
+            ("reveal_window_ms", self.reveal_window_ms),
+            ("rebroadcast_ms", self.rebroadcast_ms),
+        ] {
+            if v == 0 || v > 86_400_000 {
+                return bad(k, "must be between 1 and 86400000 (a day)");
+            }
+        }
+        Ok(())
+    }
+
+    /// When epoch `epoch` (1, 2, …) opens on a member's clock (unix ms), the skew allowance taken.
+    pub fn epoch_opens_ms(&self, genesis_ms: u64, epoch_length_secs: u64, epoch: u64) -> u64 {
+        let start = genesis_ms.saturating_add(epoch.saturating_sub(1).saturating_mul(epoch_length_secs * 1000));
+        start.saturating_sub(self.clock_skew_ms)
+    }
+}
+
 /// A Datanet manifest (DESIGN.md §3), canonical and signed by its founder.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -143,6 +248,11 @@ pub struct Manifest {
     pub eval: EvalSuite,
     pub committee: Committee,
     pub epoch_length_secs: u64,
+    /// Start of epoch 1 (unix milliseconds); epoch e covers
+    /// `[genesis + (e − 1) × length, genesis + e × length)`.
+    pub genesis_ms: u64,
+    /// The parameters every member must share.
+    pub protocol: Protocol,
     /// libp2p multiaddrs ending in `/p2p/<peer id>`.
     pub seeds: Vec<String>,
     /// Integer credit units paid out per epoch.
@@ -154,7 +264,7 @@ pub struct Manifest {
 }
 
 impl Canonical for Manifest {
-    const TAG: &'static [u8] = b"datanet/manifest/v1";
+    const TAG: &'static [u8] = b"datanet/manifest/v2";
     const MAX_BYTES: usize = 64 * 1024;
 }
 
@@ -165,6 +275,18 @@ impl Manifest {
     /// The Datanet id: BLAKE3 of the canonical manifest.
     pub fn id(&self) -> DatanetId {
         codec::hash(self).into()
+    }
+
+    /// The window epoch `epoch` covers, unix ms `[start, end)`.
+    pub fn epoch_window_ms(&self, epoch: u64) -> (u64, u64) {
+        let len = self.epoch_length_secs.saturating_mul(1000);
+        let start = self.genesis_ms.saturating_add(epoch.saturating_sub(1).saturating_mul(len));
+        (start, start.saturating_add(len))
+    }
+
+    /// When epoch `epoch` may start on a member's clock (its window's start less the skew).
+    pub fn epoch_opens_ms(&self, epoch: u64) -> u64 {
+        self.protocol.epoch_opens_ms(self.genesis_ms, self.epoch_length_secs, epoch)
     }
 }
 
@@ -315,6 +437,11 @@ pub struct ManifestFile {
     pub committee: CommitteeFile,
     #[serde(default = "default_epoch_secs")]
     pub epoch_length_secs: u64,
+    /// Start of epoch 1, unix ms; when absent, the moment the manifest is built.
+    #[serde(default)]
+    pub genesis_ms: Option<u64>,
+    #[serde(default)]
+    pub protocol: Protocol,
     #[serde(default)]
     pub seeds: Vec<String>,
     pub reward_pool: u64,
@@ -509,9 +636,13 @@ impl ManifestFile {
                 ));
             }
         }
-        if self.epoch_length_secs == 0 {
-            return Err(key_err("epoch_length_secs", "must be at least 1"));
+        if self.epoch_length_secs == 0 || self.epoch_length_secs > 366 * 86_400 {
+            return Err(key_err("epoch_length_secs", "must be between 1 and 31622400 (a year)"));
         }
+        self.protocol.validate()?;
+        let genesis_ms = self.genesis_ms.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        });
         for (i, s) in self.seeds.iter().enumerate() {
             check_seed(s).map_err(|e| key_err(format!("seeds[{i}]"), e))?;
         }
@@ -529,6 +660,8 @@ impl ManifestFile {
             eval,
             committee: Committee { members },
             epoch_length_secs: self.epoch_length_secs,
+            genesis_ms,
+            protocol: self.protocol,
             seeds: self.seeds,
             reward_pool: self.reward_pool,
             founder,

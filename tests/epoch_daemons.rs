@@ -29,12 +29,18 @@ fn root() -> PathBuf {
 fn manifest(founder: &Identity, committee: &[String]) -> (SignedManifest, Vec<u8>) {
     let mut file = ManifestFile::read(&root().join("config/datanets/breast_cancer.toml")).unwrap();
     file.committee.members = committee.to_vec();
+    // Epoch windows short enough for a test (few jobs): the manifest's, every member's.
+    file.protocol.jobs = 6;
+    file.protocol.view_timeout_ms = 3_000;
+    file.protocol.commit_window_ms = 12_000;
+    file.protocol.reveal_window_ms = 3_000;
+    file.protocol.rebroadcast_ms = 1_000;
     let check = |s: &str| datanet::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
     let (m, eval) = file.into_manifest(&root().join("config/datanets"), founder.public_key(), &check).unwrap();
     (Signed::sign(m, &founder.signing_key()), eval.public)
 }
 
-/// Loopback, quick gossip, and epoch windows short enough for a test (few jobs).
+/// Loopback and quick gossip.
 fn test_config(seeds: &[String]) -> Config {
     let mut c = Config::default();
     c.net.seeds = seeds.to_vec();
@@ -43,11 +49,6 @@ fn test_config(seeds: &[String]) -> Config {
     c.net.reconnect_backoff_max_ms = 1000;
     c.net.peer_record_interval_secs = 1;
     c.net.fetch_timeout_ms = 10_000;
-    c.epoch.jobs = 6;
-    c.epoch.view_timeout_ms = 3_000;
-    c.epoch.commit_window_ms = 12_000;
-    c.epoch.reveal_window_ms = 3_000;
-    c.epoch.rebroadcast_ms = 1_000;
     c.epoch.eval_fetch_timeout_ms = 10_000;
     c
 }
@@ -153,6 +154,18 @@ async fn four_daemons_attest_one_epoch() {
     }
     // The attestation certifies epoch 1 of this Datanet, chained to nothing.
     assert_eq!((a.score.header.datanet, a.score.header.epoch, a.score.header.prev_attestation), (d, 1, [0; 32]));
+    // Every contribution is in the input set with a witnessed priority, none deferred.
+    assert_eq!(a.inputs.len(), PEERS);
+    assert_eq!(a.deferred, 0);
+    // Epoch minting: a member asking for epoch 2 before its window opens (an hour after genesis)
+    // is told when it opens, and no second attestation appears.
+    let early = hs[2].epoch_run(&d.to_hex()).await.unwrap_err();
+    assert!(early.contains("epoch 2") && early.contains("opens in"), "{early}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for h in &hs {
+        assert_eq!(head(h, &d).await, Some(1), "no epoch 2 before its window");
+    }
+    println!("RESULT scenario=epoch-minting extra_attestations=0 pass=true");
     // Credit went only to the four contributors, and never more than the pool.
     assert!(a.leaves.iter().all(|l| committee.contains(&l.contributor.to_hex())));
     assert!(a.leaves.iter().map(|l| l.reward).sum::<u64>() <= m.body.reward_pool);

@@ -220,6 +220,12 @@ async fn create_with(n: usize, manifest: &str, net_extra: &str, extra_config: &s
     let mut file = ManifestFile::read(&root().join("config/datanets").join(manifest)).unwrap();
     file.committee.members = ids.iter().map(|i| i.public_key().to_hex()).collect();
     file.committee.quorum = None;
+    // Short epoch windows for four daemons training on two shared cores (the manifest's, shared).
+    file.protocol.jobs = 6;
+    file.protocol.view_timeout_ms = 3_000;
+    file.protocol.commit_window_ms = 15_000;
+    file.protocol.reveal_window_ms = 3_000;
+    file.protocol.rebroadcast_ms = 1_000;
     let check = |s: &str| datanet::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
     let (m, eval) = file.into_manifest(&root().join("config/datanets"), ids[0].public_key(), &check).unwrap();
     let manifest = Signed::sign(m, &ids[0].signing_key());
@@ -863,10 +869,9 @@ async fn hostile_peer_flood_is_rejected_with_bounded_memory() {
     eprintln!("hostile_peer_flood: seed {seed}, {:.1}s", t0.elapsed().as_secs_f64());
 }
 
-/// Short epoch windows for four daemons training on two shared cores (every member must use the
-/// same values).
-const EPOCH_CONFIG: &str = "[epoch]\njobs = 6\nview_timeout_ms = 3000\ncommit_window_ms = 15000\n\
-    reveal_window_ms = 3000\nrebroadcast_ms = 1000\neval_fetch_timeout_ms = 10000\n";
+/// This peer's own epoch settings; the short windows every member shares are in the manifest
+/// ([`create_with`]).
+const EPOCH_CONFIG: &str = "[epoch]\neval_fetch_timeout_ms = 10000\n";
 
 // A peer announcing 200 validly signed contributions it never serves fills a daemon's fetch queue (16 here); an honest contribution announced afterwards still replicates, because a full queue makes room at the expense of the announcer holding the most entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,6 +133,7 @@ pub async fn run(cmd: AttestationCmd, g: &Global) -> anyhow::Result<()> {
         AttestationCmd::Verify { file, manifest, prev } => {
             let a = verify_file(&file, &manifest, prev.as_deref())?;
             let h = a.score.header;
+            let (win_start, win_end) = read_manifest(&manifest)?.body.epoch_window_ms(h.epoch);
             let total: u64 = a.leaves.iter().map(|l| l.reward).sum();
             if g.json {
                 println!(
@@ -142,6 +143,8 @@ pub async fn run(cmd: AttestationCmd, g: &Global) -> anyhow::Result<()> {
                         "signers": a.score.signer_indexes().len(), "credit_root": h.credit_root.to_hex(),
                         "attestation_hash": hex::encode(a.hash()), "prev_attestation": hex::encode(h.prev_attestation),
                         "contributors": a.leaves.len(), "rewards": total, "reports": a.reports.len(),
+                        "window_start_ms": win_start, "window_end_ms": win_end,
+                        "inputs": a.inputs.len(), "deferred": a.deferred,
                     })
                 );
             } else {
@@ -155,6 +158,12 @@ pub async fn run(cmd: AttestationCmd, g: &Global) -> anyhow::Result<()> {
                 println!("  credit root    {}", h.credit_root);
                 println!("  reports        {}", a.reports.len());
                 println!("  contributors   {}, rewards paid {}", a.leaves.len(), total);
+                println!("  window         unix ms [{win_start}, {win_end}) (the manifest's epoch {})", h.epoch);
+                println!(
+                    "  inputs         {} contributions by witnessed priority, {} deferred to a later epoch",
+                    a.inputs.len(),
+                    a.deferred
+                );
             }
             Ok(())
         }

@@ -42,7 +42,7 @@ use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,21 +130,11 @@ pub(super) async fn catch_up_ledger(
 /// The first epoch of a Datanet whose ledger is empty.
 pub const FIRST_EPOCH: u64 = 1;
 
-/// `[epoch]`: how this peer takes part in epoch agreement. Every committee member of a Datanet
-/// must use the same `jobs` and timings (they shape the plan and the windows).
+/// `[epoch]`: what may differ between this peer and the other members. What they must share
+/// (jobs, windows, valuation knobs) is in the signed manifest's `[protocol]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EpochSettings {
-    /// Coalition jobs (T) per epoch.
-    pub jobs: u32,
-    /// First view's timeout of the freeze and score rounds.
-    pub view_timeout_ms: u64,
-    /// From the input certificate to the commit deadline: training happens in here.
-    pub commit_window_ms: u64,
-    /// From the commit deadline to the score proposal.
-    pub reveal_window_ms: u64,
-    /// How often a member re-sends its current messages.
-    pub rebroadcast_ms: u64,
     /// libtorch CPU threads per training job.
     pub train_threads: usize,
     /// How long to wait for the public evaluation file from the committee when it is not stored here.
@@ -153,47 +143,75 @@ pub struct EpochSettings {
 
 impl Default for EpochSettings {
     fn default() -> Self {
-        let t = Timing::default();
-        EpochSettings {
-            jobs: 32,
-            view_timeout_ms: t.view_timeout_ms,
-            commit_window_ms: t.commit_window_ms,
-            reveal_window_ms: t.reveal_window_ms,
-            rebroadcast_ms: t.rebroadcast_ms,
-            train_threads: 1,
-            eval_fetch_timeout_ms: 30_000,
-        }
+        EpochSettings { train_threads: 1, eval_fetch_timeout_ms: 30_000 }
     }
 }
 
 impl EpochSettings {
-    /// The machine's timing.
-    pub fn timing(&self) -> Timing {
-        Timing {
-            view_timeout_ms: self.view_timeout_ms,
-            commit_window_ms: self.commit_window_ms,
-            reveal_window_ms: self.reveal_window_ms,
-            rebroadcast_ms: self.rebroadcast_ms,
-        }
-    }
-
     /// Checks the knobs, naming the bad key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.jobs == 0 || self.jobs > 100_000 {
-            return Err("epoch.jobs: must be between 1 and 100000".into());
+        if self.train_threads == 0 || self.train_threads > 1024 {
+            return Err("epoch.train_threads: must be between 1 and 1024".into());
         }
-        for (k, v) in [
-            ("epoch.view_timeout_ms", self.view_timeout_ms),
-            ("epoch.commit_window_ms", self.commit_window_ms),
-            ("epoch.reveal_window_ms", self.reveal_window_ms),
-            ("epoch.rebroadcast_ms", self.rebroadcast_ms),
-        ] {
-            if v == 0 {
-                return Err(format!("{k}: must be at least 1"));
-            }
+        if self.eval_fetch_timeout_ms == 0 {
+            return Err("epoch.eval_fetch_timeout_ms: must be at least 1".into());
         }
         Ok(())
     }
+}
+
+/// The machine's timing: the manifest's windows.
+pub fn timing(m: &Manifest) -> Timing {
+    let p = &m.protocol;
+    Timing {
+        view_timeout_ms: p.view_timeout_ms,
+        commit_window_ms: p.commit_window_ms,
+        reveal_window_ms: p.reveal_window_ms,
+        rebroadcast_ms: p.rebroadcast_ms,
+    }
+}
+
+/// Unix milliseconds on this peer's clock.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The certified priorities of every contribution frozen in an attested epoch of this ledger.
+fn known_priorities(ledger: &Ledger, d: &DatanetId) -> Result<BTreeMap<ContributionId, u64>, String> {
+    let mut known = BTreeMap::new();
+    for a in ledger.attestations(d).map_err(|e| e.to_string())? {
+        for (c, p) in a.inputs {
+            known.entry(c).or_insert(p);
+        }
+    }
+    Ok(known)
+}
+
+/// Whether a message may start epoch `epoch` here (no machine runs for it yet).
+#[derive(Debug, PartialEq, Eq)]
+pub enum StartGate {
+    Open,
+    /// Not signed by a single committee member: refused, and it costs the sender gossip score.
+    NotMember,
+    /// A member's, before the epoch's window opens on this clock: ignored.
+    Early { opens_ms: u64 },
+}
+
+/// Only a committee member's signed message starts an epoch here, and only once its window is
+/// open on this clock (`now_ms`, unix): issuance follows the manifest's schedule, not the most
+/// eager party. The signature itself is checked by the machine the message is then fed to.
+pub fn may_start_from(m: &Manifest, epoch: u64, msg: &EpochMessage, now_ms: u64) -> StartGate {
+    match msg.signer() {
+        Some(k) if m.committee.members.contains(&k) => {}
+        _ => return StartGate::NotMember,
+    }
+    let opens_ms = m.epoch_opens_ms(epoch);
+    if now_ms < opens_ms { StartGate::Early { opens_ms } } else { StartGate::Open }
+}
+
+/// Held contributions with the time this peer first saw each (its local admission time).
+fn held_with_times(store: &Store, d: &DatanetId) -> Result<Vec<(ContributionId, u64)>, String> {
+    Ok(store.contributions(d).map_err(|e| e.to_string())?.iter().map(|c| (c.id, c.meta.admitted_ms)).collect())
 }
 
 /// The answer to `POST /api/v1/epoch/run`.
@@ -355,6 +373,16 @@ impl DaemonActor {
             }
         }
         let epoch = self.next_epoch(&d)?;
+        let opens = self.joined[&d].epoch_opens_ms(epoch);
+        let now = unix_ms();
+        if now < opens {
+            return Err(format!(
+                "epoch {epoch} of datanet {} opens in {} s (at unix ms {opens}; epochs are {} s long)",
+                d.short(),
+                (opens - now).div_ceil(1000),
+                self.joined[&d].epoch_length_secs
+            ));
+        }
         self.epoch_create(d, epoch).await?;
         // Durable before the reply says "started": a crash before the machine persisted or sent
         // anything must not lose the epoch ([`DaemonActor::epoch_resume`] picks it up again).
@@ -418,9 +446,9 @@ impl DaemonActor {
         let m = self.joined.get(&d).ok_or("datanet not joined")?.clone();
         let ledger = Ledger::open(self.store.db());
         let prev = ledger.head(&d).map_err(|e| e.to_string())?.map(|h| h.hash).unwrap_or([0; 32]);
-        let cfg = EpochConfig::from_manifest(&m, epoch, prev, self.cfg.epoch.timing());
-        let held: Vec<ContributionId> =
-            self.store.contributions(&d).map_err(|e| e.to_string())?.iter().map(|c| c.id).collect();
+        let mut cfg = EpochConfig::from_manifest(&m, epoch, prev, timing(&m));
+        cfg.known = known_priorities(&ledger, &d)?;
+        let held = held_with_times(&self.store, &d)?;
         let key = self.identity.signing_key();
         let mut machine = match ledger.snapshot(&d, epoch).map_err(|e| e.to_string())? {
             Some(s) => {
@@ -492,6 +520,17 @@ impl DaemonActor {
                     tracing::debug!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch = e, next, "message for another epoch");
                     return MessageAcceptance::Ignore;
                 }
+                match may_start_from(&self.joined[&d], e, &msg, unix_ms()) {
+                    StartGate::Open => {}
+                    StartGate::NotMember => {
+                        self.metrics.reject(super::metrics::RejectReason::EpochNotStarted);
+                        return MessageAcceptance::Reject;
+                    }
+                    StartGate::Early { opens_ms } => {
+                        tracing::debug!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch = e, opens_ms, "message for an epoch whose window is not open");
+                        return MessageAcceptance::Ignore;
+                    }
+                }
                 if let Err(err) = self.epoch_create(d, e).await {
                     tracing::warn!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch = e, error = %err, "cannot join epoch");
                     return MessageAcceptance::Ignore;
@@ -557,7 +596,7 @@ impl DaemonActor {
         let ds: Vec<DatanetId> = self.epochs.running.keys().copied().collect();
         for d in ds {
             let held = if refresh && self.epochs.running[&d].machine.input_certificate().is_none() {
-                self.store.contributions(&d).map(|l| l.iter().map(|c| c.id).collect::<Vec<_>>()).unwrap_or_default()
+                held_with_times(&self.store, &d).unwrap_or_default()
             } else {
                 Vec::new()
             };
@@ -671,12 +710,12 @@ impl DaemonActor {
         self.epoch_start_training(d);
     }
 
-    fn epoch_spawn_plan(&mut self, d: DatanetId, epoch: u64, seed: [u8; 32], items: Vec<ContributionId>) {
+    fn epoch_spawn_plan(&mut self, d: DatanetId, epoch: u64, seed: [u8; 32], items: Vec<(ContributionId, u64)>) {
         let Some(m) = self.joined.get(&d).cloned() else { return };
         let (store, net, internal) = (self.store.clone(), self.net.clone(), self.internal.clone());
         let (settings, datadir, me) = (self.cfg.epoch.clone(), self.datadir.clone(), self.identity.public_key());
         self.tasks.spawn(async move {
-            let result = build_plan(&store, &net, me, &m, d, seed, items, &settings, &datadir).await.map(Box::new);
+            let result = build_plan(&store, &net, me, &m, d, seed, &items, &settings, &datadir).await.map(Box::new);
             let _ = internal.send(Internal::Epoch(EpochInternal::Planned { datanet: d, epoch, result })).await;
         });
     }
@@ -748,16 +787,19 @@ async fn build_plan(
     m: &Manifest,
     d: DatanetId,
     seed: [u8; 32],
-    items: Vec<ContributionId>,
+    items: &[(ContributionId, u64)],
     settings: &EpochSettings,
     datadir: &Path,
 ) -> Result<Planned, String> {
-    let records = store.datanet_records(&d, Some(&items)).await.map_err(|e| format!("input records: {e}"))?;
+    // The freeze's certified witnessed priorities order the records: never the contributor's own
+    // signed `created_ms`.
+    let priorities: BTreeMap<ContributionId, u64> = items.iter().copied().collect();
+    let records = store.datanet_records(&d, Some(&priorities)).await.map_err(|e| format!("input records: {e}"))?;
     let eval = eval_values(store, net, me, m, Duration::from_millis(settings.eval_fetch_timeout_ms)).await?;
-    let (m, jobs, datadir) = (m.clone(), settings.jobs, datadir.to_path_buf());
+    let (m, datadir) = (m.clone(), datadir.to_path_buf());
     tokio::task::spawn_blocking(move || {
         let (inputs, eval_emb) = input_records(&m.task, &records, &eval)?;
-        let params = EpochParams::from_manifest(&m, jobs);
+        let params = EpochParams::from_manifest(&m);
         let plan = attribution::plan(&inputs, &eval_emb, seed, &params).map_err(|e| e.to_string())?;
         let base = base_dir(&datadir, &m, &eval)?;
         let values = records.into_iter().map(|r| (r.hash, r.value)).collect();
@@ -822,6 +864,29 @@ pub fn base_dir(datadir: &Path, m: &Manifest, eval: &[Value]) -> Result<PathBuf,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Epoch minting: a non-member's message never starts an epoch, a member's only once the epoch's window (less the skew) has opened; each window is one epoch length.
+    #[test]
+    fn only_members_start_epochs_and_only_on_schedule() {
+        let (mut m, a) = crate::sim::tests::attested(4, 0, 1000);
+        m.genesis_ms = 1_000_000_000;
+        m.epoch_length_secs = 600;
+        let member_msg = EpochMessage::Attestation(Box::new(a.clone()));
+        assert_eq!(may_start_from(&m, 1, &member_msg, u64::MAX), StartGate::NotMember, "no single signer");
+        let outsider = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let w = |key: &ed25519_dalek::SigningKey, e: u64| {
+            let body = crate::attribution::epoch::messages::Witness { datanet: m.id(), epoch: e, pending: 0, seen: vec![] };
+            EpochMessage::Witness(Box::new(crate::codec::Signed::sign(body, key)))
+        };
+        assert_eq!(may_start_from(&m, 1, &w(&outsider, 1), u64::MAX), StartGate::NotMember);
+        let member = crate::sim::member_keys(1000, 4)[0].clone();
+        let skew = m.protocol.clock_skew_ms;
+        let e2 = m.genesis_ms + 600_000 - skew;
+        assert_eq!(may_start_from(&m, 1, &w(&member, 1), m.genesis_ms - skew), StartGate::Open);
+        assert_eq!(may_start_from(&m, 2, &w(&member, 2), e2 - 1), StartGate::Early { opens_ms: e2 });
+        assert_eq!(may_start_from(&m, 2, &w(&member, 2), e2), StartGate::Open);
+        assert_eq!(m.epoch_window_ms(2), (m.genesis_ms + 600_000, m.genesis_ms + 1_200_000));
+    }
 
     // Ledger catch-up appends an attestation that verifies and is the next epoch, refuses a tampered one or a repeat, and serves what the ledger holds.
     #[tokio::test(flavor = "multi_thread")]

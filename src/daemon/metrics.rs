@@ -10,15 +10,18 @@ pub enum RejectReason {
     BadSignature,
     UnknownDatanet,
     Limits,
+    /// An epoch message from outside the committee for an epoch that has not started here.
+    EpochNotStarted,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::Oversize,
         RejectReason::Malformed,
         RejectReason::BadSignature,
         RejectReason::UnknownDatanet,
         RejectReason::Limits,
+        RejectReason::EpochNotStarted,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -27,6 +30,7 @@ impl RejectReason {
             RejectReason::BadSignature => "bad_signature",
             RejectReason::UnknownDatanet => "unknown_datanet",
             RejectReason::Limits => "limits",
+            RejectReason::EpochNotStarted => "epoch_not_started",
         }
     }
 }
@@ -37,7 +41,7 @@ pub struct DaemonMetrics {
     pub gossip_accepted: AtomicU64,
     pub announces_accepted: AtomicU64,
     pub gossip_ignored: AtomicU64,
-    rejected: [AtomicU64; 5],
+    rejected: [AtomicU64; 6],
     pub contributions_local: AtomicU64,
     pub contributions_replicated: AtomicU64,
     pub replication_rejected: AtomicU64,

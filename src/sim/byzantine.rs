@@ -28,11 +28,13 @@ pub enum Strategy {
     Oversize,
     /// Sends nothing at all.
     Silent,
+    /// Witnesses every contribution as first seen at time 0 (tries to backdate priorities).
+    BackdateWitness,
 }
 
 impl Strategy {
     /// Every strategy, for random draws.
-    pub const ALL: [Strategy; 9] = [
+    pub const ALL: [Strategy; 10] = [
         Strategy::WrongUtilities,
         Strategy::SelfInflation,
         Strategy::WithholdReveals,
@@ -42,6 +44,7 @@ impl Strategy {
         Strategy::Equivocate,
         Strategy::Oversize,
         Strategy::Silent,
+        Strategy::BackdateWitness,
     ];
 
     /// Parses a strategy name (`equivocate`, `wrong-utilities`, …).
@@ -61,6 +64,7 @@ impl Strategy {
             Strategy::Equivocate => "equivocate",
             Strategy::Oversize => "oversize",
             Strategy::Silent => "silent",
+            Strategy::BackdateWitness => "backdate-witness",
         }
     }
 }
@@ -93,6 +97,7 @@ pub(crate) fn send(sim: &mut Sim, i: usize, s: Strategy, m: EpochMessage) {
                 EpochMessage::Reveal(r) => corrupt(&mut r.signature),
                 EpochMessage::Propose(p) => corrupt(&mut p.signature),
                 EpochMessage::NewView(n) => corrupt(&mut n.signature),
+                EpochMessage::Witness(w) => corrupt(&mut w.signature),
                 _ => {}
             }
             sim.send_bytes(i, codec::encode(&m), 0);
@@ -121,6 +126,12 @@ pub(crate) fn send(sim: &mut Sim, i: usize, s: Strategy, m: EpochMessage) {
                 sim.obs.equivocators.insert(sim.members[i]);
                 sim.send_bytes(i, codec::encode(&t), 0);
             }
+        }
+        (Strategy::BackdateWitness, EpochMessage::Witness(w)) => {
+            let mut body = w.body.clone();
+            body.seen.iter_mut().for_each(|(_, t)| *t = 0);
+            let lie = EpochMessage::Witness(Box::new(Signed::sign(body, sim.signing_key(i))));
+            sim.send_bytes(i, codec::encode(&lie), 0);
         }
         (Strategy::Oversize, m) => {
             sim.send_bytes(i, codec::encode(&m), 0);

@@ -42,7 +42,7 @@ pub fn check(sim: &mut Sim) -> Vec<String> {
     for (node, a) in &atts {
         let seed = assign::epoch_seed(&a.input.header);
         let plan = sim.plan_for(seed);
-        match score_reports(&plan, &a.reports, assign::min_reports(n), sim.epoch_cfg.tau) {
+        match score_reports(&plan, &a.reports, assign::min_reports(sim.epoch_cfg.replication), sim.epoch_cfg.tau) {
             Ok(o) => {
                 if o.credit_root != a.score.header.credit_root || o.scores.leaves != a.leaves {
                     v.push(format!("member {node}: certified credit differs from the recomputation"));
@@ -56,6 +56,26 @@ pub fn check(sim: &mut Sim) -> Vec<String> {
             Some((r, key, b)) => {
                 if !beyond && (*key != a.score.header.payload_key() || *b != bytes) {
                     v.push(format!("members {r} and {node} hold different attested bytes"));
+                }
+            }
+        }
+    }
+
+    // 3b. Witnessed priority: every certified priority is a known one or lies within what the
+    // honest members saw (no backdating witness can move it outside).
+    if !beyond {
+        let honest: Vec<usize> =
+            (0..n).filter(|i| sim.nodes[*i].strategy.is_none()).collect();
+        let seen: Vec<BTreeMap<_, u64>> = honest.iter().map(|i| sim.first_seen(*i).into_iter().collect()).collect();
+        for (node, a) in &atts {
+            for (c, p) in &a.inputs {
+                if sim.epoch_cfg.known.get(c) == Some(p) {
+                    continue;
+                }
+                let times: Vec<u64> = seen.iter().filter_map(|m| m.get(c).copied()).collect();
+                let (lo, hi) = (times.iter().min().copied().unwrap_or(0), times.iter().max().copied().unwrap_or(0));
+                if !(lo..=hi).contains(p) {
+                    v.push(format!("member {node}: priority {p} of {} outside the honest times {lo}..={hi}", c.short()));
                 }
             }
         }

@@ -195,6 +195,8 @@ impl Sim {
             prev_attestation: *blake3::hash(b"previous").as_bytes(),
             tau: TAU,
             timing: cfg.timing,
+            replication: crate::attribution::epoch::assign::replication(cfg.peers, 5),
+            known: Default::default(),
         };
         let items: Vec<ContributionId> = {
             let mut v: Vec<ContributionId> = (0..12u64)
@@ -203,6 +205,10 @@ impl Sim {
             v.sort();
             v
         };
+        // A third of the items were frozen in earlier epochs (certified priorities, the same for
+        // everyone); each member saw the others at its own time: the item's time plus link delay.
+        let mut epoch_cfg = epoch_cfg;
+        epoch_cfg.known = items.iter().step_by(3).enumerate().map(|(k, c)| (*c, 1_000 + k as u64)).collect();
         let (drop_ppm, dup_ppm, delay) = if let Some(ms) = cfg.fixed_link_ms {
             (0, 0, (ms, ms))
         } else if cfg.faults {
@@ -296,8 +302,24 @@ impl Sim {
         }
     }
 
+    /// When member `i` first saw each held item: the item's own time plus a per-member delay.
+    fn first_seen(&self, i: usize) -> Vec<(ContributionId, u64)> {
+        self.items
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let mut h = blake3::Hasher::new_derive_key("datanet/sim/first-seen/v1");
+                h.update(&self.cfg.seed.to_le_bytes());
+                h.update(&(i as u64).to_le_bytes());
+                h.update(c.as_bytes());
+                let jitter = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes")) % 500;
+                (*c, 10_000 + 1_000 * k as u64 + jitter)
+            })
+            .collect()
+    }
+
     fn start_node(&mut self, i: usize) {
-        let held = self.items.clone();
+        let held = self.first_seen(i);
         let key = self.nodes[i].key.clone();
         let machine = match self.nodes[i].store.clone() {
             Some(snap) => {

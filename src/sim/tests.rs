@@ -95,6 +95,8 @@ fn manifest_for(members: Vec<PeerKey>) -> crate::manifest::Manifest {
         founder: members[0],
         committee: Committee { members },
         epoch_length_secs: 3600,
+        genesis_ms: 0,
+        protocol: Default::default(),
         seeds: vec![],
         reward_pool: 1_000_000,
         version: 1,

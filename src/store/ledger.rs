@@ -356,6 +356,8 @@ mod tests {
         Attestation {
             input: c(Phase::Freeze),
             score: c(Phase::Score),
+            inputs: vec![],
+            deferred: 0,
             reports: vec![],
             leaves: vec![CreditLeaf { contributor: PeerKey([7; 32]), credit, reward: credit * 2 }],
         }

@@ -76,6 +76,10 @@ pub async fn create(dir: &Path, n: usize, manifest: &Path) -> anyhow::Result<Tes
     file.committee.members = ids.iter().map(|i| i.public_key().to_hex()).collect();
     file.committee.quorum = None;
     file.seeds = vec![seed.clone()];
+    // Every member trains its share of the jobs inside the commit window, on one shared machine.
+    file.protocol.jobs = TESTNET_JOBS.min(file.protocol.jobs_max);
+    file.protocol.commit_window_ms = TESTNET_COMMIT_WINDOW_MS;
+    file.protocol.view_timeout_ms = 15_000;
     let base = manifest.parent().unwrap_or(Path::new("."));
     let check = |s: &str| crate::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
     let (m, blobs) = file.into_manifest(base, ids[0].public_key(), &check)?;
@@ -94,14 +98,10 @@ pub async fn create(dir: &Path, n: usize, manifest: &Path) -> anyhow::Result<Tes
         let seeds = if i == 0 { String::new() } else { format!("{seed:?}") };
         let cfg = format!(
             "# written by `datanet testnet up`\n[net]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nseeds = [{seeds}]\nseeds_file = {seeds_file:?}\n\
-             gossip_mesh_n = {mesh}\n\n[datanets]\njoin = [\"{id}\"]\n\n\
-             # Every member trains its share of the jobs inside the commit window, on a shared machine.\n\
-             [epoch]\njobs = {jobs}\ncommit_window_ms = {commit}\nview_timeout_ms = 15000\n",
+             gossip_mesh_n = {mesh}\n\n[datanets]\njoin = [\"{id}\"]\n",
             ports[i],
             mesh = n.saturating_sub(1).clamp(1, 6),
             seeds_file = seeds_file.display().to_string(),
-            jobs = TESTNET_JOBS,
-            commit = TESTNET_COMMIT_WINDOW_MS,
         );
         std::fs::write(p.join("config.toml"), cfg)?;
     }

@@ -14,14 +14,15 @@ pub fn epoch_seed(input_header: &CertHeader) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Reporters per job: 5 when the committee has at least 5 members, else 3 (or all, if fewer).
-pub fn replication(members: usize) -> usize {
-    if members >= 5 { 5 } else { members.min(3) }
+/// Reporters per job: 5 when the committee has at least 5 members, else 3 (or all, if fewer),
+/// and never more than the manifest's `protocol.replication` (`max`).
+pub fn replication(members: usize, max: usize) -> usize {
+    (if members >= 5 { 5 } else { members.min(3) }).min(max.max(1))
 }
 
-/// Reports a job needs to count: a majority of its reporters.
-pub fn min_reports(members: usize) -> usize {
-    replication(members) / 2 + 1
+/// Reports a job needs to count: a majority of its `r` reporters.
+pub fn min_reports(r: usize) -> usize {
+    r / 2 + 1
 }
 
 fn rank(seed: &[u8; 32], job: u32, key: &PeerKey) -> [u8; 32] {
@@ -32,22 +33,22 @@ fn rank(seed: &[u8; 32], job: u32, key: &PeerKey) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Member indexes assigned to `job`, in rank order.
-pub fn assignees(seed: &[u8; 32], job: u32, members: &[PeerKey]) -> Vec<usize> {
+/// Member indexes assigned to `job` (`r` of them), in rank order.
+pub fn assignees(seed: &[u8; 32], job: u32, members: &[PeerKey], r: usize) -> Vec<usize> {
     let mut ranked: Vec<([u8; 32], usize)> = members.iter().enumerate().map(|(i, k)| (rank(seed, job, k), i)).collect();
     ranked.sort();
-    ranked.truncate(replication(members.len()));
+    ranked.truncate(r);
     ranked.into_iter().map(|(_, i)| i).collect()
 }
 
 /// Whether member `index` is assigned to `job`.
-pub fn is_assigned(seed: &[u8; 32], job: u32, members: &[PeerKey], index: usize) -> bool {
-    assignees(seed, job, members).contains(&index)
+pub fn is_assigned(seed: &[u8; 32], job: u32, members: &[PeerKey], r: usize, index: usize) -> bool {
+    assignees(seed, job, members, r).contains(&index)
 }
 
 /// The jobs member `index` measures.
-pub fn jobs_of(seed: &[u8; 32], job_count: u32, members: &[PeerKey], index: usize) -> Vec<u32> {
-    (0..job_count).filter(|&j| is_assigned(seed, j, members, index)).collect()
+pub fn jobs_of(seed: &[u8; 32], job_count: u32, members: &[PeerKey], r: usize, index: usize) -> Vec<u32> {
+    (0..job_count).filter(|&j| is_assigned(seed, j, members, r, index)).collect()
 }
 
 #[cfg(test)]
@@ -59,16 +60,17 @@ mod tests {
     fn r_distinct_members_per_job() {
         let members: Vec<PeerKey> = (0..7u8).map(|i| PeerKey([i; 32])).collect();
         for job in 0..50 {
-            let a = assignees(&[1; 32], job, &members);
+            let a = assignees(&[1; 32], job, &members, replication(7, 5));
             assert_eq!(a.len(), 5);
             let mut d = a.clone();
             d.sort();
             d.dedup();
             assert_eq!(d.len(), 5);
-            assert_eq!(a, assignees(&[1; 32], job, &members));
+            assert_eq!(a, assignees(&[1; 32], job, &members, 5));
         }
-        assert_eq!(replication(4), 3);
-        assert_eq!(min_reports(4), 2);
-        assert_eq!(min_reports(7), 3);
+        assert_eq!(replication(4, 5), 3);
+        assert_eq!(replication(7, 3), 3);
+        assert_eq!(min_reports(replication(4, 5)), 2);
+        assert_eq!(min_reports(replication(7, 5)), 3);
     }
 }

@@ -160,6 +160,11 @@ pub struct Attestation {
     pub input: Certificate,
     /// Commit-round certificate of the score phase.
     pub score: Certificate,
+    /// The frozen input set: each contribution with its witnessed priority, sorted by id (what
+    /// the input root commits to, with `deferred`). Later epochs keep these priorities.
+    pub inputs: Vec<(crate::ids::ContributionId, u64)>,
+    /// Prioritized contributions that did not fit this epoch's input set (carried over).
+    pub deferred: u32,
     /// The certified reports, sorted by (job, reporter).
     pub reports: Vec<Report>,
     /// One leaf per contributor, sorted by key.
@@ -184,6 +189,8 @@ pub enum VerifyAttestationError {
     ReportSet { got: String, want: String },
     #[error("credit leaves hash to {got}, the certificate says {want}")]
     CreditRoot { got: String, want: String },
+    #[error("input items hash to {got}, the certificate says {want}")]
+    InputRoot { got: String, want: String },
     #[error("credit leaves are not sorted by contributor or repeat one")]
     LeavesOrder,
     #[error("previous attestation hash is {got}, the previous attestation given hashes to {want}")]
@@ -247,6 +254,10 @@ impl Attestation {
         }
         if i.prev_attestation != s.prev_attestation {
             return Err(E::Mismatch("previous attestation"));
+        }
+        let got = super::freeze::input_root(&self.inputs, self.deferred);
+        if got != i.input_root || self.inputs.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(E::InputRoot { got: got.to_hex(), want: i.input_root.to_hex() });
         }
         let got = report_set_root(&self.reports);
         if got != s.report_set_root {

@@ -19,6 +19,7 @@
 
 use super::assign;
 use super::certificate::{Attestation, Certificate, committee_root};
+use super::freeze::witness_cap;
 use super::messages::*;
 use super::scoring::{ScoreOutcome, score_reports};
 use crate::attribution::{EpochPlan, Report};
@@ -50,8 +51,10 @@ impl Default for Timing {
 
 impl Timing {
     /// Nominal length of an epoch without faults: the "epoch timeout" liveness is measured in.
+    /// The freeze leader first collects a quorum of witnesses, which on a lossy link may take one
+    /// re-send period.
     pub fn epoch_timeout_ms(&self) -> u64 {
-        2 * self.view_timeout_ms + self.commit_window_ms + self.reveal_window_ms
+        2 * self.view_timeout_ms + self.commit_window_ms + self.reveal_window_ms + self.rebroadcast_ms
     }
     fn view_timeout(&self, view: u32) -> u64 {
         self.view_timeout_ms * (1u64 << view.min(3))
@@ -70,6 +73,11 @@ pub struct EpochConfig {
     /// Reports farther than this from a job's median are flagged (micro-units).
     pub tau: i64,
     pub timing: Timing,
+    /// Reporters per job ([`assign::replication`] of the committee size and the manifest's cap).
+    pub replication: usize,
+    /// Certified priorities of every contribution frozen in an earlier epoch (from the ledger):
+    /// they keep them forever ([`super::freeze`]).
+    pub known: BTreeMap<ContributionId, u64>,
 }
 
 impl EpochConfig {
@@ -87,6 +95,8 @@ impl EpochConfig {
             prev_attestation,
             tau: DEFAULT_TAU,
             timing,
+            replication: assign::replication(manifest.committee.members.len(), manifest.protocol.replication as usize),
+            known: BTreeMap::new(),
         }
     }
 }
@@ -111,9 +121,9 @@ pub const DEFAULT_TAU: i64 = 50_000;
 pub enum Action {
     /// Gossip this message to the epoch topic.
     Broadcast(EpochMessage),
-    /// The input set is frozen: build the [`EpochPlan`] from these items and `seed`, then call
-    /// [`EpochMachine::set_plan`].
-    NeedPlan { seed: [u8; 32], items: Vec<ContributionId> },
+    /// The input set is frozen: build the [`EpochPlan`] from these items (each with its
+    /// witnessed priority, sorted by id) and `seed`, then call [`EpochMachine::set_plan`].
+    NeedPlan { seed: [u8; 32], items: Vec<(ContributionId, u64)> },
     /// Measure job `job` of the plan and answer with [`EpochMachine::on_utility`].
     Train { job: u32 },
     /// Make this snapshot durable before performing the following actions.
@@ -138,7 +148,8 @@ pub struct Snapshot {
     /// (phase, current view).
     pub views: Vec<(Phase, u32)>,
     pub input: Option<Certificate>,
-    pub input_items: Vec<ContributionId>,
+    pub input_items: Vec<(ContributionId, u64)>,
+    pub deferred: u32,
     /// This member's measured utilities (job, utility); commits and reveals are re-derived.
     pub measured: Vec<(u32, i64)>,
     pub attestation: Option<Attestation>,
@@ -177,11 +188,16 @@ pub struct EpochMachine {
     key: SigningKey,
     me: Option<usize>,
     committee_root: MerkleRoot,
-    held: BTreeSet<ContributionId>,
+    /// Held contributions and when this member first saw each (milliseconds, its clock).
+    held: BTreeMap<ContributionId, u64>,
+    /// The latest witness of each member (index), this member's own included.
+    witnesses: BTreeMap<usize, Signed<Witness>>,
+    my_witness: Option<Signed<Witness>>,
     rounds: [Round; 2],
     started: bool,
     input: Option<Certificate>,
-    input_items: Vec<ContributionId>,
+    input_items: Vec<(ContributionId, u64)>,
+    deferred: u32,
     seed: Option<[u8; 32]>,
     plan: Option<EpochPlan>,
     commit_deadline: Option<u64>,
@@ -202,6 +218,9 @@ pub struct EpochMachine {
     /// A member still in the freeze phase spoke: re-send the freeze certificate and its items.
     freeze_catchup_due: bool,
     seen: HashSet<[u8; 32]>,
+    /// Ids of the freeze-certificate messages seen: a laggard that holds the certificate but not
+    /// its items re-sends one to ask, and its bytes are a duplicate here.
+    freeze_cert_ids: HashSet<[u8; 32]>,
 }
 
 fn pidx(p: Phase) -> usize {
@@ -216,7 +235,8 @@ const SEEN_MAX: usize = 200_000;
 
 impl EpochMachine {
     /// A member (or an observer, when `key` is not in the committee) holding `held` inputs.
-    pub fn new(cfg: EpochConfig, key: SigningKey, held: impl IntoIterator<Item = ContributionId>) -> Self {
+    /// `held`: each contribution with the time this member first saw it.
+    pub fn new(cfg: EpochConfig, key: SigningKey, held: impl IntoIterator<Item = (ContributionId, u64)>) -> Self {
         let me_key = PeerKey(key.verifying_key().to_bytes());
         let me = cfg.members.iter().position(|k| *k == me_key);
         let committee_root = committee_root(&cfg.members);
@@ -226,10 +246,13 @@ impl EpochMachine {
             me,
             committee_root,
             held: held.into_iter().collect(),
+            witnesses: BTreeMap::new(),
+            my_witness: None,
             rounds: Default::default(),
             started: false,
             input: None,
             input_items: Vec::new(),
+            deferred: 0,
             seed: None,
             plan: None,
             commit_deadline: None,
@@ -247,6 +270,7 @@ impl EpochMachine {
             catchup_due: false,
             freeze_catchup_due: false,
             seen: HashSet::new(),
+            freeze_cert_ids: HashSet::new(),
         }
     }
 
@@ -254,7 +278,7 @@ impl EpochMachine {
     pub fn restore(
         cfg: EpochConfig,
         key: SigningKey,
-        held: impl IntoIterator<Item = ContributionId>,
+        held: impl IntoIterator<Item = (ContributionId, u64)>,
         snap: Snapshot,
     ) -> Self {
         let mut m = Self::new(cfg, key, held);
@@ -270,6 +294,7 @@ impl EpochMachine {
             m.rounds[pidx(p)].view = v;
         }
         m.input_items = snap.input_items;
+        m.deferred = snap.deferred;
         m.input = snap.input;
         for (j, u) in snap.measured {
             m.measured.insert(j, u);
@@ -337,7 +362,7 @@ impl EpochMachine {
         let votes: Vec<String> =
             r.votes.iter().map(|((k, v, h), s)| format!("{k:?}@{v}:{}={}", hex::encode(&h[..2]), s.len())).collect();
         format!(
-            "view {} deadline {:?} proposals {:?} valid {:?} lock {:?} my {:?} votes [{}] nv {:?} plan {} leader_me {}",
+            "view {} deadline {:?} proposals {:?} valid {:?} lock {:?} my {:?} votes [{}] nv {:?} plan {} leader_me {} witnesses {:?}",
             r.view,
             r.deadline,
             r.proposals.iter().map(|(v, p)| (*v, hex::encode(&p.body.header.hash()[..2]))).collect::<Vec<_>>(),
@@ -348,12 +373,34 @@ impl EpochMachine {
             r.new_views.iter().map(|(v, m)| (*v, m.len())).collect::<Vec<_>>(),
             self.plan.is_some(),
             self.me.map(|m| m == self.leader(r.view)).unwrap_or(false),
+            self.witnesses.keys().collect::<Vec<_>>(),
         )
     }
 
-    /// Adds inputs this member now holds (acknowledged contributions).
-    pub fn add_inputs(&mut self, items: impl IntoIterator<Item = ContributionId>) {
-        self.held.extend(items);
+    /// Adds inputs this member now holds (acknowledged contributions, with the time it first saw
+    /// each; an item already held keeps its first time). Before the freeze a changed witness is
+    /// signed again; it goes out with the next re-send.
+    pub fn add_inputs(&mut self, items: impl IntoIterator<Item = (ContributionId, u64)>) {
+        let before = self.held.len();
+        for (c, t) in items {
+            self.held.entry(c).or_insert(t);
+        }
+        if self.held.len() != before && self.started && self.input.is_none() {
+            self.sign_witness();
+        }
+    }
+
+    /// Signs this member's witness of its held, not yet prioritized contributions.
+    fn sign_witness(&mut self) -> Option<Signed<Witness>> {
+        let me = self.me?;
+        let (seen, pending) = super::freeze::my_witness_items(&self.held, &self.cfg.known, witness_cap(self.n()));
+        if self.my_witness.as_ref().is_some_and(|w| w.body.seen == seen && w.body.pending == pending) {
+            return None;
+        }
+        let w = Signed::sign(Witness { datanet: self.cfg.datanet, epoch: self.cfg.epoch, pending, seen }, &self.key);
+        self.my_witness = Some(w.clone());
+        self.witnesses.insert(me, w.clone());
+        Some(w)
     }
     /// When the driver should call [`EpochMachine::on_timer`] next.
     pub fn next_deadline(&self) -> Option<u64> {
@@ -391,6 +438,7 @@ impl EpochMachine {
             views: PHASES.iter().map(|&p| (p, self.rounds[pidx(p)].view)).collect(),
             input: self.input.clone(),
             input_items: self.input_items.clone(),
+            deferred: self.deferred,
             measured: self.measured.iter().map(|(j, u)| (*j, *u)).collect(),
             attestation: self.attestation.clone(),
             evidence: self.evidence.values().cloned().collect(),
@@ -429,6 +477,10 @@ impl EpochMachine {
             self.rounds[0].cert = Some(input.clone());
             self.on_frozen(now, &mut out);
         } else {
+            self.my_witness = None;
+            if let Some(w) = self.sign_witness() {
+                out.push(Action::Broadcast(EpochMessage::Witness(Box::new(w))));
+            }
             self.try_propose(now, Phase::Freeze, &mut out);
         }
         out
@@ -446,7 +498,7 @@ impl EpochMachine {
         self.plan = Some(plan);
         if let Some(me) = self.me {
             let seed = self.seed.expect("seed set with the input certificate");
-            for job in assign::jobs_of(&seed, jobs, &self.cfg.members, me) {
+            for job in assign::jobs_of(&seed, jobs, &self.cfg.members, self.cfg.replication, me) {
                 if let Some(&u) = self.measured.get(&job) {
                     self.make_commit(now, job, u, &mut out);
                 } else {
@@ -467,7 +519,9 @@ impl EpochMachine {
     pub fn on_utility(&mut self, now: u64, job: u32, utility: i64) -> Vec<Action> {
         let mut out = Vec::new();
         let (Some(me), Some(seed)) = (self.me, self.seed) else { return out };
-        if self.measured.contains_key(&job) || !assign::is_assigned(&seed, job, &self.cfg.members, me) {
+        if self.measured.contains_key(&job)
+            || !assign::is_assigned(&seed, job, &self.cfg.members, self.cfg.replication, me)
+        {
             return out;
         }
         self.measured.insert(job, utility);
@@ -513,6 +567,9 @@ impl EpochMachine {
             if self.attestation.is_some() {
                 self.catchup_due = true;
             }
+            if self.input.is_some() && self.freeze_cert_ids.contains(&id) {
+                self.freeze_catchup_due = true;
+            }
             return Vec::new();
         }
         if self.seen.len() > SEEN_MAX {
@@ -523,6 +580,11 @@ impl EpochMachine {
                 // A reveal may arrive before its commit and be dropped; its re-send must count.
                 if !matches!(m, EpochMessage::Reveal(_)) {
                     self.seen.insert(id);
+                }
+                if matches!(&m, EpochMessage::Certificate(c) if c.header.phase == Phase::Freeze)
+                    && self.freeze_cert_ids.len() < 64
+                {
+                    self.freeze_cert_ids.insert(id);
                 }
                 self.on_message(now, m)
             }
@@ -574,8 +636,46 @@ impl EpochMachine {
             EpochMessage::Evidence(e) => self.on_evidence(*e, &mut out),
             EpochMessage::Certificate(c) => self.on_certificate(now, c, &mut out),
             EpochMessage::Attestation(a) => self.on_attestation(now, *a, &mut out),
+            EpochMessage::Witness(w) => self.on_witness(now, *w, &mut out),
         }
         out
+    }
+
+    /// Checks a witness: a member's, for this epoch, sorted, within the cap, signature valid.
+    fn witness_ok(&self, w: &Signed<Witness>) -> Result<usize, String> {
+        let Some(i) = self.member_index(&w.signer) else {
+            return Err("witness from a key outside the committee".into());
+        };
+        let b = &w.body;
+        if b.datanet != self.cfg.datanet || b.epoch != self.cfg.epoch {
+            return Err("witness for another epoch".into());
+        }
+        if b.seen.len() > witness_cap(self.n())
+            || (b.pending as usize) < b.seen.len()
+            || b.seen.windows(2).any(|p| p[0].0 >= p[1].0)
+        {
+            return Err("witness items not sorted, repeated or too many".into());
+        }
+        if w.verify().is_err() {
+            return Err("witness signature does not verify".into());
+        }
+        Ok(i)
+    }
+
+    fn on_witness(&mut self, now: u64, w: Signed<Witness>, out: &mut Vec<Action>) {
+        if self.input.is_some() {
+            return;
+        }
+        match self.witness_ok(&w) {
+            Ok(i) => {
+                if self.witnesses.get(&i).is_some_and(|old| old == &w) {
+                    return;
+                }
+                self.witnesses.insert(i, w);
+                self.try_propose(now, Phase::Freeze, out);
+            }
+            Err(reason) => out.extend(Self::reject(Some(w.signer), reason)),
+        }
     }
 
     fn add_evidence(&mut self, e: Evidence, out: &mut Vec<Action>) {
@@ -715,11 +815,12 @@ impl EpochMachine {
         else {
             return;
         };
-        let Payload::Freeze { items } = &prop.body.payload else { return };
+        let Payload::Freeze { items, deferred, .. } = &prop.body.payload else { return };
         if prop.body.header != cert.header {
             return;
         }
         self.input_items = items.clone();
+        self.deferred = *deferred;
         self.input = Some(cert);
         self.persist(out);
         self.on_frozen(now, out);
@@ -734,8 +835,14 @@ impl EpochMachine {
         if outcome.report_set_root != cert.header.report_set_root || outcome.credit_root != cert.header.credit_root {
             return;
         }
-        let att =
-            Attestation { input, score: cert, reports: outcome.reports.clone(), leaves: outcome.scores.leaves.clone() };
+        let att = Attestation {
+            input,
+            score: cert,
+            inputs: self.input_items.clone(),
+            deferred: self.deferred,
+            reports: outcome.reports.clone(),
+            leaves: outcome.scores.leaves.clone(),
+        };
         let standing_lost = outcome.standing_lost.clone();
         self.attestation = Some(att.clone());
         self.persist(out);
@@ -768,6 +875,7 @@ impl EpochMachine {
             && self.header_basics_ok(&a.input.header)
             && self.header_basics_ok(&a.score.header)
             && a.input.header.input_root == a.score.header.input_root
+            && super::freeze::input_root(&a.inputs, a.deferred) == a.input.header.input_root
             && super::certificate::report_set_root(&a.reports) == a.score.header.report_set_root
             && crate::attribution::credit_root(&a.leaves) == a.score.header.credit_root
             && a.input.verify(&self.cfg.members).is_ok()
@@ -777,6 +885,8 @@ impl EpochMachine {
         }
         if self.input.is_none() {
             self.input = Some(a.input.clone());
+            self.input_items = a.inputs.clone();
+            self.deferred = a.deferred;
             self.rounds[0].cert = Some(a.input.clone());
         }
         self.rounds[1].cert = Some(a.score.clone());
@@ -890,18 +1000,32 @@ impl EpochMachine {
             }
         }
         match (&p.payload, h.phase) {
-            (Payload::Freeze { items }, Phase::Freeze) => {
+            (Payload::Freeze { items, deferred, witnesses }, Phase::Freeze) => {
                 if h.report_set_root != MerkleRoot::default() || h.credit_root != MerkleRoot::default() {
                     return Err(Some("freeze header with report or credit roots".into()));
                 }
-                if items.len() > INPUT_ITEMS_MAX || items.windows(2).any(|w| w[0] >= w[1]) {
+                if items.len() > INPUT_ITEMS_MAX || items.windows(2).any(|w| w[0].0 >= w[1].0) {
                     return Err(Some("freeze items not sorted, repeated or too many".into()));
                 }
-                let leaves: Vec<[u8; 32]> = items.iter().map(|c| c.0).collect();
-                if crate::merkle::root(&leaves) != h.input_root {
+                let mut signers = BTreeSet::new();
+                for w in witnesses {
+                    let i = self.witness_ok(w).map_err(Some)?;
+                    if !signers.insert(i) {
+                        return Err(Some("freeze proposal repeats a member's witness".into()));
+                    }
+                }
+                if signers.len() < quorum_for(self.n()) {
+                    return Err(Some("freeze proposal carries fewer witnesses than a quorum".into()));
+                }
+                let refs: Vec<&Witness> = witnesses.iter().map(|w| &w.body).collect();
+                let frozen = super::freeze::freeze(&self.cfg.known, &refs);
+                if &frozen.items != items || frozen.deferred != *deferred {
+                    return Err(Some("freeze items or priorities differ from the witnesses' median".into()));
+                }
+                if super::freeze::input_root(items, *deferred) != h.input_root {
                     return Err(Some("freeze input root does not match its items".into()));
                 }
-                if let Some(missing) = items.iter().find(|c| !self.held.contains(c)) {
+                if let Some(missing) = items.iter().find(|(c, _)| !self.held.contains_key(c)) {
                     // Not invalid: this member cannot vouch for it (yet).
                     let _ = missing;
                     return Err(None);
@@ -937,7 +1061,7 @@ impl EpochMachine {
                         && v.body.epoch == self.cfg.epoch
                         && c.body.job == v.body.job
                         && c.body.job < plan.job_count()
-                        && assign::is_assigned(seed, c.body.job, &self.cfg.members, i)
+                        && assign::is_assigned(seed, c.body.job, &self.cfg.members, self.cfg.replication, i)
                         && commit_digest(
                             &c.signer,
                             &self.cfg.datanet,
@@ -955,7 +1079,7 @@ impl EpochMachine {
                     }
                     plain.push(Report { job: c.body.job, reporter: c.signer, utility: v.body.utility });
                 }
-                let outcome = score_reports(plan, &plain, assign::min_reports(self.n()), self.cfg.tau)
+                let outcome = score_reports(plan, &plain, assign::min_reports(self.cfg.replication), self.cfg.tau)
                     .map_err(|e| Some(format!("score proposal cannot be scored: {e}")))?;
                 if outcome.report_set_root != h.report_set_root || outcome.credit_root != h.credit_root {
                     return Err(Some("score proposal roots differ from the recomputation".into()));
@@ -997,11 +1121,17 @@ impl EpochMachine {
         } else {
             match phase {
                 Phase::Freeze => {
-                    let items: Vec<ContributionId> = self.held.iter().copied().take(INPUT_ITEMS_MAX).collect();
-                    let leaves: Vec<[u8; 32]> = items.iter().map(|c| c.0).collect();
+                    // A quorum of witnesses first: the priorities are their median.
+                    if self.witnesses.len() < quorum_for(self.n()) {
+                        return;
+                    }
+                    let witnesses: Vec<Signed<Witness>> = self.witnesses.values().cloned().collect();
+                    let refs: Vec<&Witness> = witnesses.iter().map(|w| &w.body).collect();
+                    let frozen = super::freeze::freeze(&self.cfg.known, &refs);
                     let mut header = self.base_header(Phase::Freeze, view);
-                    header.input_root = crate::merkle::root(&leaves);
-                    Propose { header, payload: Payload::Freeze { items }, justify: None }
+                    header.input_root = super::freeze::input_root(&frozen.items, frozen.deferred);
+                    let payload = Payload::Freeze { items: frozen.items, deferred: frozen.deferred, witnesses };
+                    Propose { header, payload, justify: None }
                 }
                 Phase::Score => {
                     let (Some(plan), Some(_)) = (&self.plan, &self.input) else { return };
@@ -1018,7 +1148,9 @@ impl EpochMachine {
                     reports.sort_by_key(|r| (r.commit.body.job, r.commit.signer));
                     reports.truncate(REPORTS_MAX);
                     plain.truncate(REPORTS_MAX);
-                    let Ok(outcome) = score_reports(plan, &plain, assign::min_reports(self.n()), self.cfg.tau) else {
+                    let Ok(outcome) =
+                        score_reports(plan, &plain, assign::min_reports(self.cfg.replication), self.cfg.tau)
+                    else {
                         return;
                     };
                     let mut header = self.base_header(Phase::Score, view);
@@ -1041,12 +1173,12 @@ impl EpochMachine {
             return;
         }
         let jobs = plan.job_count();
-        let r = assign::replication(self.n()) as u32;
+        let r = self.cfg.replication as u32;
         if (self.reveals.len() as u32) < jobs * r {
             return;
         }
         let complete = (0..jobs).all(|j| {
-            assign::assignees(seed, j, &self.cfg.members)
+            assign::assignees(seed, j, &self.cfg.members, self.cfg.replication)
                 .iter()
                 .all(|i| self.reveals.contains_key(&(j, *i)) && self.commits.get(&(j, *i)).is_some_and(|c| c.1))
         });
@@ -1090,7 +1222,7 @@ impl EpochMachine {
             return out.extend(Self::reject(Some(c.signer), "commit signature does not verify"));
         }
         if let Some(seed) = &self.seed {
-            if !assign::is_assigned(seed, c.body.job, &self.cfg.members, i) {
+            if !assign::is_assigned(seed, c.body.job, &self.cfg.members, self.cfg.replication, i) {
                 return out.extend(Self::reject(Some(c.signer), "commit for a job the signer is not assigned"));
             }
         }
@@ -1267,6 +1399,9 @@ impl EpochMachine {
         if let (None, Some(c)) = (&self.input, &self.rounds[0].cert) {
             // Certified but the item list never arrived: asking is re-sending the certificate.
             msgs.push(EpochMessage::Certificate(c.clone()));
+        }
+        if let (None, Some(w)) = (&self.input, &self.my_witness) {
+            msgs.push(EpochMessage::Witness(Box::new(w.clone())));
         }
         for r in &self.rounds {
             if r.cert.is_some() {

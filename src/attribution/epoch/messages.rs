@@ -208,8 +208,11 @@ impl Vote {
 /// What a leader proposes: the payload the header's roots commit to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload {
-    /// The acknowledged contributions, sorted; the header's input root is their Merkle root.
-    Freeze { items: Vec<ContributionId> },
+    /// The input set with each contribution's witnessed priority (sorted by id), how many
+    /// prioritized contributions did not fit, and the quorum of witnesses they were derived
+    /// from ([`super::freeze::freeze`]); the header's input root is
+    /// [`super::freeze::input_root`] of items and deferred.
+    Freeze { items: Vec<(ContributionId, u64)>, deferred: u32, witnesses: Vec<Signed<Witness>> },
     /// Every accepted report, sorted by (job, reporter); members re-derive both roots from them.
     Score { reports: Vec<SignedReport> },
 }
@@ -233,6 +236,22 @@ pub struct Propose {
 impl Canonical for Propose {
     const TAG: &'static [u8] = b"datanet/epoch/propose/v1";
     const MAX_BYTES: usize = EPOCH_MESSAGE_BYTES_MAX - 256;
+}
+
+/// A member's first-seen times (milliseconds on its clock) of the contributions it holds that
+/// have no certified priority yet, sorted by id: the evidence witnessed priority is the median of
+/// ([`super::freeze`]). `pending` counts all such contributions it holds, listed or not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Witness {
+    pub datanet: DatanetId,
+    pub epoch: u64,
+    pub pending: u32,
+    pub seen: Vec<(ContributionId, u64)>,
+}
+
+impl Canonical for Witness {
+    const TAG: &'static [u8] = b"datanet/epoch/witness/v1";
+    const MAX_BYTES: usize = 32 + 10 + 5 + 5 + 2048 * (32 + 10);
 }
 
 /// `H(reporter ‖ datanet ‖ epoch ‖ job ‖ utility ‖ salt)`, sent before the utility is revealed.
@@ -437,6 +456,7 @@ pub enum EpochMessage {
     Evidence(Box<Evidence>),
     Certificate(crate::attribution::epoch::certificate::Certificate),
     Attestation(Box<crate::attribution::epoch::certificate::Attestation>),
+    Witness(Box<Signed<Witness>>),
 }
 
 impl Canonical for EpochMessage {
@@ -456,6 +476,21 @@ impl EpochMessage {
             EpochMessage::Evidence(_) => None,
             EpochMessage::Certificate(c) => Some((c.header.datanet, c.header.epoch)),
             EpochMessage::Attestation(a) => Some((a.score.header.datanet, a.score.header.epoch)),
+            EpochMessage::Witness(w) => Some((w.body.datanet, w.body.epoch)),
+        }
+    }
+
+    /// The one committee key that signed this message, for the kinds a single member signs
+    /// (certificates, attestations and evidence carry many or none). Not verified here.
+    pub fn signer(&self) -> Option<PeerKey> {
+        match self {
+            EpochMessage::Propose(p) => Some(p.signer),
+            EpochMessage::Vote(v) => Some(v.signer),
+            EpochMessage::Commit(c) => Some(c.signer),
+            EpochMessage::Reveal(r) => Some(r.signer),
+            EpochMessage::NewView(n) => Some(n.signer),
+            EpochMessage::Witness(w) => Some(w.signer),
+            EpochMessage::Evidence(_) | EpochMessage::Certificate(_) | EpochMessage::Attestation(_) => None,
         }
     }
 }
@@ -488,6 +523,28 @@ mod tests {
             let m = EpochMessage::Vote(Vote::sign(VoteKind::Commit, h, &SigningKey::from_bytes(&[9; 32])));
             prop_assert_eq!(codec::decode::<EpochMessage>(&codec::encode(&m)).unwrap(), m);
         }
+
+        // A witness of up to the largest cap round-trips canonically inside an epoch message and fits its size limit; one byte over the limit is refused before decoding.
+        #[test]
+        fn witness_round_trips_within_its_limit(
+            n in 0usize..2048, t in any::<u64>(), epoch in any::<u64>(), pending in any::<u32>(),
+        ) {
+            let seen: Vec<(ContributionId, u64)> = (0..n as u32)
+                .map(|i| (ContributionId(*blake3::hash(&i.to_le_bytes()).as_bytes()), t.wrapping_add(i as u64)))
+                .collect();
+            let w = Witness { datanet: DatanetId([1; 32]), epoch, pending, seen };
+            prop_assert!(codec::encode(&w).len() <= Witness::MAX_BYTES);
+            let m = EpochMessage::Witness(Box::new(Signed::sign(w, &SigningKey::from_bytes(&[9; 32]))));
+            let bytes = codec::encode(&m);
+            prop_assert_eq!(codec::decode::<EpochMessage>(&bytes).unwrap(), m);
+        }
+    }
+
+    // A witness encoding larger than its limit is refused before it is decoded.
+    #[test]
+    fn oversize_witness_is_refused() {
+        let bytes = vec![0u8; Witness::MAX_BYTES + 1];
+        assert!(codec::decode::<Witness>(&bytes).is_err());
     }
 
     // Two different commit votes in one view are evidence; a vote in another view is not.

@@ -5,6 +5,8 @@
 //!   changes, evidence) and the fixed-layout certificate header.
 //! - [`certificate`]: quorum certificates, attestations and credit proofs, verified offline
 //!   against a pinned manifest (batch ed25519 first, `verify_strict` per signer on failure).
+//! - [`freeze`]: witnessed priority (the median of the members' first-seen times) and the fair
+//!   freeze (oldest first, the rest deferred).
 //! - [`assign`]: the epoch seed and which members measure which job.
 //! - [`scoring`]: report set → median table → credit → the two roots members sign.
 //! - [`machine`]: the sans-IO state machine, driven by the daemon over gossip and by
@@ -15,6 +17,7 @@
 
 pub mod assign;
 pub mod certificate;
+pub mod freeze;
 pub mod machine;
 pub mod messages;
 pub mod scoring;
