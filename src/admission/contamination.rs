@@ -43,7 +43,7 @@ impl Contamination {
 /// A record's near-duplicate key material under the Datanet's rule.
 #[derive(Debug, Clone)]
 enum Near {
-    Text(neardup::Signature),
+    Text(Box<neardup::Signature>),
     Tabular { label: String, features: Vec<f64> },
 }
 
@@ -118,7 +118,7 @@ impl ContaminationIndex {
             }
             TaskKind::Text | TaskKind::Instruct => {
                 let sig = neardup::minhash(&neardup::record_text(&r.value));
-                (neardup::band_keys(&sig).to_vec(), Near::Text(sig))
+                (neardup::band_keys(&sig).to_vec(), Near::Text(Box::new(sig)))
             }
         }
     }

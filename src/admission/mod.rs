@@ -355,6 +355,20 @@ pub async fn admit_local(
     Ok(admit_parsed(store, identity, datanet, parsed, false, false).await?.ack)
 }
 
+/// [`admit_local`] that skips (and lists in [`LocalAdmission::contaminated`]) the records copying
+/// or nearly copying an evaluation record instead of refusing the contribution, as `--skip-invalid`
+/// does; refused only when nothing else is left.
+pub async fn admit_local_skipping_contaminated(
+    store: &Store,
+    identity: &Identity,
+    datanet: &DatanetId,
+    records: Vec<CanonicalRecord>,
+) -> Result<LocalAdmission, AdmitError> {
+    let lines: Vec<usize> = (1..=records.len()).collect();
+    let parsed = ParsedInput { path: "contribution".into(), records, lines, skipped: Vec::new() };
+    admit_parsed(store, identity, datanet, parsed, true, false).await
+}
+
 /// Admits a parsed input file as this peer's contribution: a record that copies or nearly copies
 /// an evaluation record refuses the whole file (errors name its line), or with `skip_invalid` is
 /// skipped and listed in [`LocalAdmission::contaminated`].
