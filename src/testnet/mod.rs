@@ -22,8 +22,12 @@ use std::time::{Duration, Instant};
 
 /// Coalition jobs per epoch on a testnet (all peers share one machine's cores).
 pub const TESTNET_JOBS: u32 = 16;
-/// Commit window on a testnet: every member's training jobs must fit in it.
-pub const TESTNET_COMMIT_WINDOW_MS: u64 = 180_000;
+/// Commit window on a testnet: every member's training jobs must fit in it (it ends as soon as
+/// every assigned member has committed).
+pub const TESTNET_COMMIT_WINDOW_MS: u64 = 900_000;
+/// Reporters per job on a testnet: three, so that with five peers on one machine each trains
+/// three fifths of the jobs rather than all of them.
+pub const TESTNET_REPLICATION: u32 = 3;
 
 /// How long `up` waits for the peers to find each other.
 pub const MESH_TIMEOUT: Duration = Duration::from_secs(90);
@@ -80,6 +84,7 @@ pub async fn create(dir: &Path, n: usize, manifest: &Path) -> anyhow::Result<Tes
     file.protocol.jobs = TESTNET_JOBS.min(file.protocol.jobs_max);
     file.protocol.commit_window_ms = TESTNET_COMMIT_WINDOW_MS;
     file.protocol.view_timeout_ms = 15_000;
+    file.protocol.replication = TESTNET_REPLICATION;
     let base = manifest.parent().unwrap_or(Path::new("."));
     let check = |s: &str| crate::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
     let (m, blobs) = file.into_manifest(base, ids[0].public_key(), &check)?;

@@ -512,6 +512,7 @@ impl EpochMachine {
             self.consider_proposal(now, Phase::Score, v, &mut out);
         }
         self.maybe_propose_score_early(now, &mut out);
+        self.maybe_close_commits(now);
         out
     }
 
@@ -1235,7 +1236,31 @@ impl EpochMachine {
             None => {
                 let in_time = self.commit_deadline.is_none_or(|d| now <= d);
                 self.commits.insert((c.body.job, i), (c, in_time));
+                self.maybe_close_commits(now);
             }
+        }
+    }
+
+    /// The commit window ends as soon as every assigned reporter of every job has committed in
+    /// time: nothing is left to hide, so waiting out the window only idles. Revealing then is safe,
+    /// every utility being fixed by its commit.
+    fn maybe_close_commits(&mut self, now: u64) {
+        let (Some(plan), Some(seed), false) = (&self.plan, &self.seed, self.revealed) else { return };
+        if self.commit_deadline.is_some_and(|d| d <= now) {
+            return;
+        }
+        let r = self.cfg.replication;
+        if self.commits.len() < plan.job_count() as usize * r {
+            return;
+        }
+        let all = (0..plan.job_count()).all(|j| {
+            assign::assignees(seed, j, &self.cfg.members, r)
+                .iter()
+                .all(|i| self.commits.get(&(j, *i)).is_some_and(|c| c.1))
+        });
+        if all {
+            self.commit_deadline = Some(now);
+            self.reveal_deadline = Some(now + self.cfg.timing.reveal_window_ms);
         }
     }
 
