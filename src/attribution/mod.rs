@@ -108,12 +108,25 @@ pub struct EpochParams {
 }
 
 impl EpochParams {
-    /// Defaults for a manifest: its pool and per-unit record cap, `jobs` coalitions.
-    pub fn from_manifest(m: &Manifest, jobs: u32) -> Self {
+    /// The knobs a manifest fixes for every member: its `[protocol]`, pool and per-unit record cap.
+    pub fn from_manifest(m: &Manifest) -> Self {
+        let p = &m.protocol;
         EpochParams {
+            jobs: p.jobs,
+            jobs_max: p.jobs_max,
+            unit_records_target: p.unit_records_target,
+            unit_records_min: p.unit_records_min,
+            unit_records_max: p.unit_records_max,
+            unit_count_max: p.unit_count_max,
+            kmeans_iterations: p.kmeans_iterations,
+            screen_k: p.screen_k,
+            screen_eval_max: p.screen_eval_max,
+            screen_pool_max: p.screen_pool_max,
+            screen_tail_max_ppm: p.screen_tail_max_ppm,
             records_per_unit_max: m.recipe.records_per_unit_max,
             pool: m.reward_pool,
-            ..EpochParams::with_jobs(jobs)
+            unit_cap_ppm: p.unit_cap_ppm,
+            noise_floor_milli: p.noise_floor_milli,
         }
     }
 
@@ -121,6 +134,7 @@ impl EpochParams {
     pub fn with_jobs(jobs: u32) -> Self {
         EpochParams {
             jobs,
+            jobs_max: 256,
             unit_records_target: 200,
             unit_records_min: 50,
             unit_records_max: 500,
@@ -134,7 +148,6 @@ impl EpochParams {
             pool: 1_000_000,
             unit_cap_ppm: 500_000,
             noise_floor_milli: 3000,
-            jobs_max: 256,
         }
     }
 
@@ -143,6 +156,9 @@ impl EpochParams {
         let bad = |key: &'static str, reason: &str| Err(PlanError::Param { key, reason: reason.to_string() });
         if self.jobs == 0 || self.jobs > 1_000_000 {
             return bad("jobs", "must be between 1 and 1000000");
+        }
+        if self.jobs_max > 1_000_000 {
+            return bad("jobs_max", "must be at most 1000000");
         }
         if self.unit_records_min == 0 || self.unit_records_min > self.unit_records_max {
             return bad("unit_records_min", "must be at least 1 and at most unit_records_max");
@@ -157,9 +173,6 @@ impl EpochParams {
             return bad("kmeans_iterations", "must be between 1 and 100");
         }
         if self.screen_k == 0 {
-        if self.jobs_max > 1_000_000 {
-            return bad("jobs_max", "must be at most 1000000");
-        }
             return bad("screen_k", "must be at least 1");
         }
         if self.screen_tail_max_ppm > 1_000_000 || self.unit_cap_ppm == 0 || self.unit_cap_ppm > 1_000_000 {
@@ -188,19 +201,6 @@ pub struct Unit {
     pub shares: Vec<(PeerKey, u32)>,
 }
 
-/// What a contributor brought to the epoch, for tables and the quality signal.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContributorSummary {
-    pub contributor: PeerKey,
-    /// Records it is an owner of (held at the earliest priority; shared records count for each).
-    pub records: u32,
-    /// Of those, near-duplicates of another canonical record (no credit).
-    pub near_duplicates: u32,
-    /// Canonical records the screen excluded (its quality signal).
-    pub screened_out: u32,
-    /// Units it holds a share of.
-    pub units: u32,
-}
 impl Unit {
     /// Σ of the shares' weights: the denominator of every share.
     pub fn weight_total(&self) -> u64 {
@@ -238,14 +238,25 @@ fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// The job count of a plan with `units` units: at least `params.jobs`; when that many jobs do not
-/// come as orthogonal blocks holding every unit (a block of B jobs holds B/2 units), the smallest
-/// multiple of the smallest such block B ≥ 2·units, if that is at most `params.jobs_max`. Every
-/// member computes the same from the plan.
+/// Coalition jobs per unit a plan sizes its job count up to (before rounding to whole blocks): with
+/// fewer, the 3·SE noise floor swallows a curated unit's value in most epoch seeds (DatanetBench
+/// S12 on digits: 14 units, 32 jobs paid the curator nothing in 15 of 20 seeds; 64 jobs paid it the
+/// most in all 20, reward CV 0.04).
+pub const JOBS_PER_UNIT_MIN: u32 = 4;
+
+/// The job count of a plan with `units` units. Wanted: at least `params.jobs` and
+/// [`JOBS_PER_UNIT_MIN`] × units, rounded up to a whole number of the smallest orthogonal block B
+/// holding every unit (B = the power of two ≥ 2 × units: a block of B jobs holds B/2 units), so that
+/// every block is orthogonal. Past `params.jobs_max`: the most whole blocks that fit, or
+/// `params.jobs` when not even one does. Every member computes the same from the plan.
 pub fn job_count_for(params: &EpochParams, units: u32) -> u32 {
     let block = (2 * units.max(1)).next_power_of_two().max(2);
-    let sized = params.jobs.div_ceil(block).max(1).saturating_mul(block);
-    if sized <= params.jobs_max { sized.max(params.jobs) } else { params.jobs }
+    let want = params.jobs.max(JOBS_PER_UNIT_MIN.saturating_mul(units)).div_ceil(block).saturating_mul(block);
+    if want <= params.jobs_max {
+        return want.max(params.jobs);
+    }
+    let fit = params.jobs_max / block * block;
+    if fit >= block && fit >= params.jobs { fit } else { params.jobs }
 }
 
 /// The seed unit formation draws from: BLAKE3 over the sorted canonical record hashes of the input
@@ -260,6 +271,19 @@ fn content_seed(sorted_hashes: &[RecordHash]) -> [u8; 32] {
     *x.finalize().as_bytes()
 }
 
+/// What a contributor brought to the epoch, for tables and the quality signal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContributorSummary {
+    pub contributor: PeerKey,
+    /// Records it is an owner of (held at the earliest priority; shared records count for each).
+    pub records: u32,
+    /// Of those, near-duplicates of another canonical record (no credit).
+    pub near_duplicates: u32,
+    /// Canonical records the screen excluded (its quality signal).
+    pub screened_out: u32,
+    /// Units it holds a share of.
+    pub units: u32,
+}
 
 /// Everything an epoch's attribution needs besides the utilities; deterministic in its inputs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -459,6 +483,9 @@ pub struct Scores {
     /// Pool not paid out; stays in the pool: `retained_by_cap`, or all of it when no unit has
     /// positive value above the noise floor.
     pub retained: u64,
+    /// The part of `retained` the per-unit cap kept: pool × (Σ value above the cap) / (Σ positive
+    /// value), rounded so that paid + retained = pool. The cap never hands this to other units.
+    pub retained_by_cap: u64,
 }
 
 /// Why utilities could not be scored.
@@ -472,9 +499,6 @@ pub enum ScoreError {
 
 /// Scores a plan given one agreed utility per job (in job order).
 pub fn score(plan: &EpochPlan, utilities: &[i64]) -> Result<Scores, ScoreError> {
-    /// The part of `retained` the per-unit cap kept: pool × (Σ value above the cap) / (Σ positive
-    /// value), rounded so that paid + retained = pool. The cap never hands this to other units.
-    pub retained_by_cap: u64,
     let jobs = plan.job_count();
     if utilities.len() < jobs as usize {
         return Err(ScoreError::MissingJob { job: utilities.len() as u32, jobs });

@@ -150,7 +150,7 @@ fn screen_reports_mislabeled() {
 #[test]
 fn missing_job_named() {
     let (records, eval) = synthetic(2, 30, 5);
-    let p = plan(&records, &eval, [1; 32], &small_params(8)).unwrap();
+    let p = plan(&records, &eval, [1; 32], &EpochParams { jobs_max: 8, ..small_params(8) }).unwrap();
     assert_eq!(score(&p, &[0; 5]).unwrap_err(), ScoreError::MissingJob { job: 5, jobs: 8 });
     let mut table = median_table(8, &[], 1, 0);
     table.utilities = (0..8).map(|j| if j == 3 { None } else { Some(1) }).collect();
@@ -193,11 +193,11 @@ proptest! {
                 reports.push(Report { job: j as u32, reporter: key(r as u8 + 50), utility: x + n });
             }
         }
-        let a = score_table(&p, &median_table(16, &reports, 2, 10_000)).unwrap();
+        let a = score_table(&p, &median_table(p.job_count(), &reports, 2, 10_000)).unwrap();
         let n = reports.len();
         reports.rotate_left(rot % n);
         reports.reverse();
-        let b = score_table(&p, &median_table(16, &reports, 2, 10_000)).unwrap();
+        let b = score_table(&p, &median_table(p.job_count(), &reports, 2, 10_000)).unwrap();
         prop_assert_eq!(leaves_bytes(&a.leaves), leaves_bytes(&b.leaves));
         prop_assert_eq!(a.leaves.iter().map(|l| l.reward).sum::<u64>() + a.retained, p.params.pool);
     }
@@ -301,23 +301,26 @@ fn shared_records_split_equally() {
     assert!(credit_of(&s, &key(1)) > 0 && credit_of(&s, &key(2)) > credit_of(&s, &key(1)));
 }
 
-// For M units the plan draws at least `jobs` coalitions, sized up to whole orthogonal blocks that
-// hold every unit (a block of B jobs holds B/2 units) unless that passes `jobs_max`.
+// For M units the plan draws at least `jobs` and 4·M coalitions, sized up to whole orthogonal
+// blocks that hold every unit (a block of B jobs holds B/2 units), within `jobs_max`.
 #[test]
 fn job_count_sized_by_units() {
     let p = |jobs, jobs_max| EpochParams { jobs_max, ..EpochParams::with_jobs(jobs) };
-    assert_eq!(job_count_for(&p(16, 256), 10), 32);
-    assert_eq!(job_count_for(&p(16, 256), 8), 16);
-    assert_eq!(job_count_for(&p(64, 256), 10), 64);
-    assert_eq!(job_count_for(&p(200, 256), 100), 256);
+    assert_eq!(job_count_for(&p(16, 256), 10), 64);
+    assert_eq!(job_count_for(&p(16, 256), 14), 64);
+    assert_eq!(job_count_for(&p(16, 256), 4), 16);
+    assert_eq!(job_count_for(&p(100, 256), 10), 128);
+    assert_eq!(job_count_for(&p(16, 256), 100), 256);
     assert_eq!(job_count_for(&p(16, 256), 200), 16);
     assert_eq!(job_count_for(&p(300, 512), 10), 320);
     assert_eq!(job_count_for(&p(300, 256), 10), 300);
+    assert_eq!(job_count_for(&p(16, 48), 10), 32);
     let (records, eval) = synthetic(4, 60, 9);
     let plan = plan(&records, &eval, [1; 32], &small_params(8)).unwrap();
     let m = plan.units.len();
     assert!(m > 4, "{m} units");
-    assert_eq!(plan.job_count() as usize, (2 * m).next_power_of_two());
+    let block = (2 * m).next_power_of_two();
+    assert_eq!(plan.job_count() as usize, (4 * m).div_ceil(block) * block);
     for i in 0..m {
         assert_eq!(plan.coalitions.iter().filter(|c| c[i]).count(), plan.job_count() as usize / 2);
     }
