@@ -939,7 +939,9 @@ impl World {
                         .with_context(|| format!("contributor {name} record {}", i + 1))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let ack = admission::admit_local(&store, &who, &id, canon).await?;
+            // Records copying an evaluation record are skipped, as `contribute --skip-invalid` does
+            // (the text corpus repeats the evaluation set's phrasings).
+            let ack = admission::admit_local_skipping_contaminated(&store, &who, &id, canon).await?.ack;
             // Resubmitting an identical contribution changes nothing: it keeps its first priority.
             witnessed.entry(ack.id).or_insert(priority);
         }

@@ -683,7 +683,7 @@ impl Store {
             }
         }
         let mut ordered: Vec<(CanonicalRecord, u64, ContributionId, Vec<PeerKey>)> = held.into_values().collect();
-        ordered.sort_by(|a, b| (a.1, a.0.hash).cmp(&(b.1, b.0.hash)));
+        ordered.sort_by_key(|a| (a.1, a.0.hash));
         let parts = near_parts_all(&manifest, &ordered.iter().map(|o| &o.0).collect::<Vec<_>>());
         let mut near = MemNear::default();
         let mut out = Vec::with_capacity(ordered.len());
@@ -840,7 +840,13 @@ mod tests {
         assert!(out.windows(2).all(|w| (w[0].priority, w[0].hash) < (w[1].priority, w[1].hash)));
         let o = owners_of(&out);
         for (i, r) in recs.iter().enumerate() {
-            let want = if i < 25 { vec![ka] } else if i < 50 { ab.clone() } else { vec![kb] };
+            let want = if i < 25 {
+                vec![ka]
+            } else if i < 50 {
+                ab.clone()
+            } else {
+                vec![kb]
+            };
             assert_eq!(o[&r.hash], want, "record {i}");
         }
         // The copy witnessed first takes a's records; a keeps nothing it shared with the copy.
@@ -860,8 +866,12 @@ mod tests {
         // A near-duplicate pair: the record at the earlier priority is canonical, either way round.
         let canon = |v: serde_json::Value| admission::canonical::canonicalize(&m.task, v, 1 << 16).unwrap();
         let text = "Step 4: inspect the seals, log pressure 140 kPa, and report any vibration above 3 mm/s to the duty engineer on call.";
-        let p = canon(serde_json::json!({"prompt": "Explain item 4 of the maintenance checklist for pump station 9", "completion": text}));
-        let q = canon(serde_json::json!({"prompt": "Explain item 4 of the maintenance checklist for pump station 9", "completion": text.replace("inspect", "examine")}));
+        let p = canon(
+            serde_json::json!({"prompt": "Explain item 4 of the maintenance checklist for pump station 9", "completion": text}),
+        );
+        let q = canon(
+            serde_json::json!({"prompt": "Explain item 4 of the maintenance checklist for pump station 9", "completion": text.replace("inspect", "examine")}),
+        );
         let cp = admission::admit_local(&store, &a, &d, vec![p.clone()]).await.unwrap().id;
         let cq = admission::admit_local(&store, &b, &d, vec![q.clone()]).await.unwrap().id;
         for (tp, tq) in [(1, 2), (2, 1)] {
