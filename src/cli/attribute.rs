@@ -162,7 +162,7 @@ pub async fn run(args: AttributeArgs, g: &Global) -> anyhow::Result<()> {
     let base =
         Base::load(&dir, opts.device.resolve()?).with_context(|| format!("loading the base from {}", dir.display()))?;
     let mut job = UtilityJob::new(base, &m.task, &m.recipe, &m.eval.slices, &eval, opts)?;
-    let params = EpochParams::from_manifest(&m, args.jobs);
+    let params = EpochParams { jobs: args.jobs, ..EpochParams::from_manifest(&m) };
     let progress =
         if g.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(args.jobs as u64) };
     progress.set_style(
