@@ -433,10 +433,10 @@ impl Scenario {
         let bad = |key: &'static str, reason: String| {
             Err(ScenarioError::Key { path: path.display().to_string(), key, reason })
         };
-        if !["S1", "S2", "S3", "S4", "S5", "S6", "S8", "S9", "S11", "S12"].contains(&self.scenario.as_str()) {
+        if !["S1", "S2", "S3", "S4", "S5", "S6", "S8", "S9", "S11", "S12", "S13"].contains(&self.scenario.as_str()) {
             return bad(
                 "scenario",
-                format!("unknown scenario `{}` (S1, S2, S3, S4, S5, S6, S8, S9, S11, S12)", self.scenario),
+                format!("unknown scenario `{}` (S1, S2, S3, S4, S5, S6, S8, S9, S11, S12, S13)", self.scenario),
             );
         }
         if self.scenario == "S12" && !(2..=100).contains(&self.epoch_seeds) {
@@ -630,6 +630,7 @@ impl Scenario {
             "S8" => ("outlier_inflation", 0.25, false),
             "S9" => ("overlap_asymmetry", 0.05, false),
             "S12" => ("reward_cv_max", 0.10, false),
+            "S13" => ("victim_reward_kept", 0.95, true),
             _ => ("lora_runs_per_peer", f64::INFINITY, false),
         }
     }
@@ -1304,6 +1305,26 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
             }
             worst
         }
+        "S13" => {
+            // Backdating copier: c1's records re-submitted by a fresh identity that is admitted
+            // FIRST here (earlier local admission, and any `created_ms` it likes) but witnessed
+            // LATER by the committee. Value: the share of c1's honest reward c1 keeps, or 0 when
+            // the copier earns anything at all.
+            let base = w.run(&honest).await?.reward("c1");
+            if base == 0.0 {
+                bail!("S13: contributor c1 earned nothing in the honest epoch; raise `jobs` or lower `base_records`");
+            }
+            extra.push(("victim_honest_reward".into(), base));
+            let mut c = vec![("copier".to_string(), w.slices[1].clone())];
+            c.extend(honest.iter().cloned());
+            let mut at: Vec<u64> = vec![1_000_000];
+            at.extend(0..honest.len() as u64);
+            let out = w.run_at(&c, &at).await?;
+            let (kept, copier) = (out.reward("c1") / base, out.reward("copier"));
+            extra.push(("copier_reward".into(), copier));
+            extra.push(("victim_kept".into(), kept));
+            if copier > 0.0 { 0.0 } else { kept }
+        }
         "S4" => {
             let base = honest_reward(s, w, &honest).await?;
             extra.push(("honest_reward".into(), base));
@@ -1851,7 +1872,7 @@ mod tests {
     }
 
     // The reduced DatanetBench run of `make test`: S2 (tabular and text), S3, S5 (breast cancer and
-    // wine) and S12 (6 epoch seeds, 1,500 volume records) meet their targets end to end.
+    // wine), S13 (backdating copier) and S12 (6 epoch seeds, 1,500 volume records) meet their targets end to end.
     #[test]
     fn reduced_bench_meets_targets() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -1860,6 +1881,7 @@ mod tests {
             ("s3-duplication.toml", "breast_cancer.csv"),
             ("s5-sybil.toml", "breast_cancer.csv"),
             ("s5-sybil-wine.toml", "wine.csv"),
+            ("s13-backdating.toml", "breast_cancer.csv"),
             ("s12-stability.toml", "digits.csv.gz"),
             ("s2-curated-vs-volume.toml", "digits.csv.gz"),
             ("s2-text-curated-vs-volume.toml", "generated"),
