@@ -641,7 +641,10 @@ impl ManifestFile {
         }
         self.protocol.validate()?;
         let genesis_ms = self.genesis_ms.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
         });
         for (i, s) in self.seeds.iter().enumerate() {
             check_seed(s).map_err(|e| key_err(format!("seeds[{i}]"), e))?;

@@ -225,11 +225,7 @@ async fn contribute_with(
             ack.meta.new_records,
             ack.meta.duplicates,
             ack.meta.near_duplicates,
-            if local.skipped.is_empty() {
-                String::new()
-            } else {
-                format!(", {} invalid skipped", local.skipped.len())
-            },
+            if local.skipped.is_empty() { String::new() } else { format!(", {} invalid skipped", local.skipped.len()) },
             if contaminated == 0 {
                 String::new()
             } else {

@@ -194,7 +194,9 @@ pub enum StartGate {
     /// Not signed by a single committee member: refused, and it costs the sender gossip score.
     NotMember,
     /// A member's, before the epoch's window opens on this clock: ignored.
-    Early { opens_ms: u64 },
+    Early {
+        opens_ms: u64,
+    },
 }
 
 /// Only a committee member's signed message starts an epoch here, and only once its window is
@@ -875,7 +877,8 @@ mod tests {
         assert_eq!(may_start_from(&m, 1, &member_msg, u64::MAX), StartGate::NotMember, "no single signer");
         let outsider = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
         let w = |key: &ed25519_dalek::SigningKey, e: u64| {
-            let body = crate::attribution::epoch::messages::Witness { datanet: m.id(), epoch: e, pending: 0, seen: vec![] };
+            let body =
+                crate::attribution::epoch::messages::Witness { datanet: m.id(), epoch: e, pending: 0, seen: vec![] };
             EpochMessage::Witness(Box::new(crate::codec::Signed::sign(body, key)))
         };
         assert_eq!(may_start_from(&m, 1, &w(&outsider, 1), u64::MAX), StartGate::NotMember);

@@ -64,8 +64,7 @@ pub fn check(sim: &mut Sim) -> Vec<String> {
     // 3b. Witnessed priority: every certified priority is a known one or lies within what the
     // honest members saw (no backdating witness can move it outside).
     if !beyond {
-        let honest: Vec<usize> =
-            (0..n).filter(|i| sim.nodes[*i].strategy.is_none()).collect();
+        let honest: Vec<usize> = (0..n).filter(|i| sim.nodes[*i].strategy.is_none()).collect();
         let seen: Vec<BTreeMap<_, u64>> = honest.iter().map(|i| sim.first_seen(*i).into_iter().collect()).collect();
         for (node, a) in &atts {
             for (c, p) in &a.inputs {
@@ -75,7 +74,10 @@ pub fn check(sim: &mut Sim) -> Vec<String> {
                 let times: Vec<u64> = seen.iter().filter_map(|m| m.get(c).copied()).collect();
                 let (lo, hi) = (times.iter().min().copied().unwrap_or(0), times.iter().max().copied().unwrap_or(0));
                 if !(lo..=hi).contains(p) {
-                    v.push(format!("member {node}: priority {p} of {} outside the honest times {lo}..={hi}", c.short()));
+                    v.push(format!(
+                        "member {node}: priority {p} of {} outside the honest times {lo}..={hi}",
+                        c.short()
+                    ));
                 }
             }
         }
