@@ -226,6 +226,8 @@ async fn create_with(n: usize, manifest: &str, net_extra: &str, extra_config: &s
     file.protocol.commit_window_ms = 15_000;
     file.protocol.reveal_window_ms = 3_000;
     file.protocol.rebroadcast_ms = 1_000;
+    // Epochs back to back: one-second windows, all long open by the time a test starts one.
+    file.epoch_length_secs = 1;
     let check = |s: &str| datanet::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
     let (m, eval) = file.into_manifest(&root().join("config/datanets"), ids[0].public_key(), &check).unwrap();
     let manifest = Signed::sign(m, &ids[0].signing_key());
