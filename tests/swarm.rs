@@ -217,7 +217,7 @@ fn contribution(signer: &Identity, datanet: DatanetId, root: BlobHash) -> Signed
     Signed::sign(body, &signer.signing_key())
 }
 
-// Oversize, malformed, badly signed and unknown-Datanet gossip is rejected: counted by reason,
+// Oversize, malformed, badly signed, unknown-Datanet and non-member epoch-starting gossip is rejected: counted by reason,
 // the sender loses peer score, nothing is stored, and the daemon keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_gossip_is_rejected_and_scored() {
@@ -244,6 +244,11 @@ async fn hostile_gossip_is_rejected_and_scored() {
     body.record_count = m.body.admission.contribution_records_max + 1;
     let c = Signed::sign(body, &evil.signing_key());
     hn.publish(d, TopicKind::Contributions, codec::encode(&ContributionsMessage::Announce(c))).await.unwrap();
+    // Epoch minting: a validly signed epoch message from a key outside the committee, for the
+    // epoch that has not started here.
+    let w = datanet::attribution::epoch::messages::Witness { datanet: d, epoch: 1, pending: 0, seen: vec![] };
+    let mint = datanet::attribution::epoch::EpochMessage::Witness(Box::new(Signed::sign(w, &evil.signing_key())));
+    hn.publish(d, TopicKind::Epochs, codec::encode(&mint)).await.unwrap();
     let vm = victim.h().metrics().clone();
     wait_until("every rejection counted", WAIT, || async { RejectReason::ALL.iter().all(|r| vm.rejected(*r) >= 1) })
         .await;
