@@ -350,9 +350,13 @@ pub async fn admit_local(
     datanet: &DatanetId,
     records: Vec<CanonicalRecord>,
 ) -> Result<Acknowledged, AdmitError> {
+    Ok(admit_parsed(store, identity, datanet, local_input(records), false, false).await?.ack)
+}
+
+/// Records handed over in memory, as an input whose lines count them from 1.
+fn local_input(records: Vec<CanonicalRecord>) -> ParsedInput {
     let lines: Vec<usize> = (1..=records.len()).collect();
-    let parsed = ParsedInput { path: "contribution".into(), records, lines, skipped: Vec::new() };
-    Ok(admit_parsed(store, identity, datanet, parsed, false, false).await?.ack)
+    ParsedInput { path: "contribution".into(), records, lines, skipped: Vec::new() }
 }
 
 /// [`admit_local`] that skips (and lists in [`LocalAdmission::contaminated`]) the records copying
@@ -364,9 +368,7 @@ pub async fn admit_local_skipping_contaminated(
     datanet: &DatanetId,
     records: Vec<CanonicalRecord>,
 ) -> Result<LocalAdmission, AdmitError> {
-    let lines: Vec<usize> = (1..=records.len()).collect();
-    let parsed = ParsedInput { path: "contribution".into(), records, lines, skipped: Vec::new() };
-    admit_parsed(store, identity, datanet, parsed, true, false).await
+    admit_parsed(store, identity, datanet, local_input(records), true, false).await
 }
 
 /// Admits a parsed input file as this peer's contribution: a record that copies or nearly copies

@@ -110,7 +110,11 @@ pub struct EpochParams {
 impl EpochParams {
     /// The knobs a manifest fixes for every member: its `[protocol]`, pool and per-unit record cap.
     pub fn from_manifest(m: &Manifest) -> Self {
-        let p = &m.protocol;
+        Self::from_protocol(&m.protocol, m.reward_pool, m.recipe.records_per_unit_max)
+    }
+
+    /// The knobs of `p` with this pool and per-unit record cap.
+    pub fn from_protocol(p: &crate::manifest::Protocol, pool: u64, records_per_unit_max: u32) -> Self {
         EpochParams {
             jobs: p.jobs,
             jobs_max: p.jobs_max,
@@ -123,32 +127,17 @@ impl EpochParams {
             screen_eval_max: p.screen_eval_max,
             screen_pool_max: p.screen_pool_max,
             screen_tail_max_ppm: p.screen_tail_max_ppm,
-            records_per_unit_max: m.recipe.records_per_unit_max,
-            pool: m.reward_pool,
+            records_per_unit_max,
+            pool,
             unit_cap_ppm: p.unit_cap_ppm,
             noise_floor_milli: p.noise_floor_milli,
         }
     }
 
-    /// Defaults with `jobs` coalitions, pool 1,000,000 and 64 records per unit per job.
+    /// The default protocol's knobs with `jobs` coalitions, pool 1,000,000 and 64 records per unit
+    /// per job.
     pub fn with_jobs(jobs: u32) -> Self {
-        EpochParams {
-            jobs,
-            jobs_max: 256,
-            unit_records_target: 200,
-            unit_records_min: 50,
-            unit_records_max: 500,
-            unit_count_max: 1000,
-            kmeans_iterations: 10,
-            screen_k: 10,
-            screen_eval_max: 500,
-            screen_pool_max: 500,
-            screen_tail_max_ppm: 300_000,
-            records_per_unit_max: 64,
-            pool: 1_000_000,
-            unit_cap_ppm: 500_000,
-            noise_floor_milli: 3000,
-        }
+        EpochParams { jobs, ..Self::from_protocol(&crate::manifest::Protocol::default(), 1_000_000, 64) }
     }
 
     /// Checks the knobs, naming the bad one.

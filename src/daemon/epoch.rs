@@ -191,8 +191,11 @@ fn known_priorities(ledger: &Ledger, d: &DatanetId) -> Result<BTreeMap<Contribut
 #[derive(Debug, PartialEq, Eq)]
 pub enum StartGate {
     Open,
-    /// Not signed by a single committee member: refused, and it costs the sender gossip score.
+    /// Signed by a key outside the committee: refused, and it costs the sender gossip score.
     NotMember,
+    /// A certificate, attestation or evidence (no single signer): it starts nothing and is
+    /// ignored without blame — an honest peer may relay one for an epoch not started here.
+    NoSigner,
     /// A member's, before the epoch's window opens on this clock: ignored.
     Early {
         opens_ms: u64,
@@ -205,7 +208,8 @@ pub enum StartGate {
 pub fn may_start_from(m: &Manifest, epoch: u64, msg: &EpochMessage, now_ms: u64) -> StartGate {
     match msg.signer() {
         Some(k) if m.committee.members.contains(&k) => {}
-        _ => return StartGate::NotMember,
+        Some(_) => return StartGate::NotMember,
+        None => return StartGate::NoSigner,
     }
     let opens_ms = m.epoch_opens_ms(epoch);
     if now_ms < opens_ms { StartGate::Early { opens_ms } } else { StartGate::Open }
@@ -528,6 +532,7 @@ impl DaemonActor {
                         self.metrics.reject(super::metrics::RejectReason::EpochNotStarted);
                         return MessageAcceptance::Reject;
                     }
+                    StartGate::NoSigner => return MessageAcceptance::Ignore,
                     StartGate::Early { opens_ms } => {
                         tracing::debug!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch = e, opens_ms, "message for an epoch whose window is not open");
                         return MessageAcceptance::Ignore;
@@ -874,7 +879,7 @@ mod tests {
         m.genesis_ms = 1_000_000_000;
         m.epoch_length_secs = 600;
         let member_msg = EpochMessage::Attestation(Box::new(a.clone()));
-        assert_eq!(may_start_from(&m, 1, &member_msg, u64::MAX), StartGate::NotMember, "no single signer");
+        assert_eq!(may_start_from(&m, 1, &member_msg, u64::MAX), StartGate::NoSigner, "no single signer");
         let outsider = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
         let w = |key: &ed25519_dalek::SigningKey, e: u64| {
             let body =
