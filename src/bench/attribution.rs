@@ -33,6 +33,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub mod flood;
+
 /// Options of `datanet bench attribution`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AttributionBenchArgs {
@@ -219,7 +221,7 @@ pub fn load_data(path: &Path) -> Result<Dataset, DataError> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
-    /// S1, S2, S3, S4, S5, S6, S8, S9, S11 or S12.
+    /// S1, S2, S3, S4, S5, S6, S8, S9, S11, S12, S13 or S14.
     pub scenario: String,
     #[serde(default)]
     pub description: String,
@@ -296,7 +298,14 @@ pub struct Scenario {
     /// S12: identities copying the volume contributor's records (a later priority; default 2).
     #[serde(default = "d_copiers")]
     pub copiers: u32,
-    /// S11: committee size and replication of each job.
+    /// S14: junk contributions (fresh identities) witnessed after the honest ones; the freeze is
+    /// computed over all of them, the junk it lets in is admitted and measured.
+    #[serde(default)]
+    pub flood: u32,
+    /// S14: records per junk contribution, at most (each draws 1 to this many).
+    #[serde(default = "d_junk_records")]
+    pub junk_records: u32,
+    /// S11: committee size and replication of each job (S14: the committee that freezes).
     #[serde(default = "d_committee")]
     pub committee: u32,
     #[serde(default = "d_replication")]
@@ -401,6 +410,9 @@ fn d_epoch_seeds() -> u32 {
 fn d_copiers() -> u32 {
     2
 }
+fn d_junk_records() -> u32 {
+    3
+}
 fn d_committee() -> u32 {
     5
 }
@@ -433,11 +445,22 @@ impl Scenario {
         let bad = |key: &'static str, reason: String| {
             Err(ScenarioError::Key { path: path.display().to_string(), key, reason })
         };
-        if !["S1", "S2", "S3", "S4", "S5", "S6", "S8", "S9", "S11", "S12", "S13"].contains(&self.scenario.as_str()) {
+        if !["S1", "S2", "S3", "S4", "S5", "S6", "S8", "S9", "S11", "S12", "S13", "S14"]
+            .contains(&self.scenario.as_str())
+        {
             return bad(
                 "scenario",
-                format!("unknown scenario `{}` (S1, S2, S3, S4, S5, S6, S8, S9, S11, S12, S13)", self.scenario),
+                format!("unknown scenario `{}` (S1, S2, S3, S4, S5, S6, S8, S9, S11, S12, S13, S14)", self.scenario),
             );
+        }
+        if self.scenario == "S14" && !(1..=1_000_000).contains(&self.flood) {
+            return bad("flood", "S14 needs between 1 and 1000000 junk contributions".into());
+        }
+        if self.scenario == "S14" && !(1..=100).contains(&self.junk_records) {
+            return bad("junk_records", "must be between 1 and 100".into());
+        }
+        if self.scenario == "S14" && !(4..=100).contains(&self.committee) {
+            return bad("committee", "S14 needs a committee of 4 to 100 (at least one colluding member)".into());
         }
         if self.scenario == "S12" && !(2..=100).contains(&self.epoch_seeds) {
             return bad("epoch_seeds", "S12 needs between 2 and 100 epoch seeds".into());
@@ -631,6 +654,7 @@ impl Scenario {
             "S9" => ("overlap_asymmetry", 0.05, false),
             "S12" => ("reward_cv_max", 0.10, false),
             "S13" => ("victim_reward_kept", 0.95, true),
+            "S14" => ("honest_reward_kept", 0.95, true),
             _ => ("lora_runs_per_peer", f64::INFINITY, false),
         }
     }
@@ -1126,6 +1150,20 @@ fn flip(records: &mut [Value], rate: f64, classes: u32, rng: &mut ChaCha8Rng) ->
         .collect()
 }
 
+/// S14: junk contribution `j` — 1 to `most` records whose every feature is one honest record's
+/// value of that feature (the data's marginals, so no value is out of range) and whose label is
+/// random: records distinct from everything, worth nothing. Deterministic in `seed` and `j`.
+fn junk(parts: &[(Vec<f64>, u32)], classes: u32, most: u32, seed: u64, j: usize) -> Vec<Value> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ j as u64);
+    let width = parts.first().map_or(0, |p| p.0.len());
+    (0..rng.gen_range(1..=most.max(1)))
+        .map(|_| {
+            let xs: Vec<f64> = (0..width).map(|f| parts[rng.gen_range(0..parts.len())].0[f]).collect();
+            tabular_value(&xs, rng.gen_range(0..classes.max(2)))
+        })
+        .collect()
+}
+
 struct Outcome {
     rewards: BTreeMap<String, u64>,
     measured: attribute::Measured,
@@ -1324,6 +1362,76 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
             extra.push(("copier_reward".into(), copier));
             extra.push(("victim_kept".into(), kept));
             if copier > 0.0 { 0.0 } else { kept }
+        }
+        "S14" => {
+            // Id-grinding flood: `flood` junk contributions from fresh identities, witnessed after
+            // the honest ones ([`flood::flood_freeze`]: ground ids, colluding members, a bare
+            // quorum). The real freeze picks the input set; its honest and junk contributions are
+            // admitted at their certified priorities and measured. Value: the honest
+            // contributions' total reward with the flood over their total without it.
+            let seed = u64::from_le_bytes(w.epoch_seed[..8].try_into().expect("8 bytes"));
+            let n = s.committee as usize;
+            let calm = flood::flood_freeze(honest.len(), 0, n, seed);
+            let calm_p = calm.priorities();
+            let calm_at: Vec<u64> = calm
+                .honest
+                .iter()
+                .map(|c| calm_p.get(c).copied())
+                .collect::<Option<_>>()
+                .context("S14: an honest contribution has no priority even without the flood")?;
+            let base = w.run_at(&honest, &calm_at).await?;
+            let names: Vec<&str> = honest.iter().map(|x| x.0.as_str()).collect();
+            let last = *names.last().context("S14 needs honest contributors")?;
+            let (base_total, base_last) = (names.iter().map(|k| base.reward(k)).sum::<f64>(), base.reward(last));
+            if base_total == 0.0 {
+                bail!(
+                    "S14: the honest contributions earned nothing without the flood; raise `jobs` or lower `base_records`"
+                );
+            }
+            let ff = flood::flood_freeze(honest.len(), s.flood as usize, n, seed);
+            let p = ff.priorities();
+            let mut c = Vec::new();
+            let mut at = Vec::new();
+            for (i, id) in ff.honest.iter().enumerate() {
+                if let Some(&t) = p.get(id) {
+                    c.push(honest[i].clone());
+                    at.push(t);
+                }
+            }
+            let classes = match w.task {
+                TaskKind::Tabular { classes, .. } => classes,
+                _ => 2,
+            };
+            let pool: Vec<(Vec<f64>, u32)> = w.slices.iter().flatten().map(record_parts).collect();
+            let mut junk_records = 0usize;
+            for (j, id) in ff.junk.iter().enumerate() {
+                if let Some(&t) = p.get(id) {
+                    let records = junk(&pool, classes, s.junk_records, seed, j);
+                    junk_records += records.len();
+                    c.push((format!("junk{j}"), records));
+                    at.push(t);
+                }
+            }
+            let started = std::time::Instant::now();
+            let out = w.run_at(&c, &at).await?;
+            let total: f64 = names.iter().map(|k| out.reward(k)).sum();
+            extra.push(("honest_reward_without_flood".into(), base_total));
+            extra.push(("honest_reward_with_flood".into(), total));
+            extra.push(("last_honest_kept".into(), ratio(out.reward(last), base_last)));
+            extra.push(("junk_reward".into(), out.prefix_reward("junk")));
+            extra.push(("honest_in_input_fraction".into(), ff.honest_in() as f64 / honest.len() as f64));
+            extra.push(("input_items".into(), ff.frozen.items.len() as f64));
+            extra.push(("junk_in_input".into(), (ff.frozen.items.len() - ff.honest_in()) as f64));
+            extra.push(("junk_before_last_honest".into(), ff.junk_before_last_honest() as f64));
+            extra.push(("deferred".into(), ff.frozen.deferred as f64));
+            extra.push(("junk_records_admitted".into(), junk_records as f64));
+            extra.push(("units".into(), out.measured.plan.units.len() as f64));
+            extra.push(("units_without_flood".into(), base.measured.plan.units.len() as f64));
+            extra.push(("jobs".into(), out.measured.plan.job_count() as f64));
+            extra.push(("screened".into(), out.measured.plan.screened.len() as f64));
+            extra.push(("retained".into(), out.measured.scores.retained as f64));
+            extra.push(("flood_epoch_secs".into(), started.elapsed().as_secs_f64()));
+            total / base_total
         }
         "S4" => {
             let base = honest_reward(s, w, &honest).await?;
@@ -1704,6 +1812,10 @@ pub async fn run_scenario(
         // Gains and swings are bounded in every seed, not on average.
         pass = worst <= target;
     }
+    if s.scenario == "S14" {
+        // Every seed keeps the honest reward, and the freeze kept every honest contribution.
+        pass = worst >= target && extra_sum.get("honest_in_input_fraction").copied().unwrap_or(0.0) >= 1.0 - 1e-9;
+    }
     if s.scenario == "S12" {
         // The curator tops the rewards under every epoch seed of every world.
         pass &= extra_sum.get("curator_top_fraction").copied().unwrap_or(0.0) >= 1.0 - 1e-9;
@@ -1872,7 +1984,9 @@ mod tests {
     }
 
     // The reduced DatanetBench run of `make test`: S2 (tabular and text), S3, S5 (breast cancer and
-    // wine), S13 (backdating copier) and S12 (6 epoch seeds, 1,500 volume records) meet their targets end to end.
+    // wine), S13 (backdating copier), S14 (id-grinding flood of 300; the full 20,000-id freeze is
+    // `flood::tests`), S12 (6 epoch seeds, 1,500 volume records) and S12 on text (4 epoch seeds, 150
+    // curated, 1,000 volume records) meet their targets end to end.
     #[test]
     fn reduced_bench_meets_targets() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -1882,7 +1996,9 @@ mod tests {
             ("s5-sybil.toml", "breast_cancer.csv"),
             ("s5-sybil-wine.toml", "wine.csv"),
             ("s13-backdating.toml", "breast_cancer.csv"),
+            ("s14-id-grinding-flood.toml", "breast_cancer.csv"),
             ("s12-stability.toml", "digits.csv.gz"),
+            ("s12-text-stability.toml", "generated"),
             ("s2-curated-vs-volume.toml", "digits.csv.gz"),
             ("s2-text-curated-vs-volume.toml", "generated"),
         ] {
@@ -1890,8 +2006,13 @@ mod tests {
             if s.scenario == "S2" {
                 s.redundant = s.redundant.min(3000);
             }
-            if s.scenario == "S12" {
-                (s.redundant, s.epoch_seeds) = (1500, 6);
+            match file {
+                "s12-stability.toml" => (s.redundant, s.epoch_seeds) = (1500, 6),
+                "s12-text-stability.toml" => {
+                    (s.curated, s.redundant, s.base_records, s.epoch_seeds) = (150, 1000, 1000, 4)
+                }
+                "s14-id-grinding-flood.toml" => s.flood = 300,
+                _ => {}
             }
             let data = match data {
                 "generated" => s.generate(s.generator.as_deref().unwrap()).unwrap(),
