@@ -95,14 +95,15 @@ pub struct EvalSlice {
     pub weight_ppm: u32,
 }
 
-/// The evaluation suite: public part by hash, secret part by commitment, slice weights.
+/// The evaluation suite: public part by hash, sealed pool by commitment, slice weights.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EvalSuite {
     /// BLAKE3 of the public evaluation file (records with an extra `slice` field).
     pub public_hash: BlobHash,
-    /// BLAKE3 commitment to the secret evaluation file, revealed after the input set freezes;
-    /// all zero when the Datanet has no secret part.
-    pub secret_commitment: BlobHash,
+    /// The sealed evaluation pool's commitment, one part per slice that has sealed records
+    /// ([`crate::sealed`]): utilities are measured on a per-epoch split of it, revealed in the
+    /// attestation. Empty when the Datanet has no sealed pool (utilities use the public file).
+    pub sealed: Vec<crate::sealed::SealedPart>,
     pub slices: Vec<EvalSlice>,
 }
 
@@ -130,7 +131,7 @@ pub fn quorum_for(n: usize) -> usize {
 }
 
 /// The wire protocol version this build speaks; a manifest naming another is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Everything the committee's members must share to agree (DESIGN.md §3): a member with other
 /// values would recompute other roots and refuse honest proposals, so these live in the signed
@@ -172,6 +173,10 @@ pub struct Protocol {
     pub unit_cap_ppm: u32,
     /// Standard errors (×1000) a unit's value must stand above to earn.
     pub noise_floor_milli: u32,
+    /// Sealed records each epoch opens per slice ([`crate::sealed::select`]).
+    pub sealed_split: u32,
+    /// Warn (status, metrics) when the sealed pool has fewer epochs of full splits left than this.
+    pub sealed_low_epochs: u32,
 }
 
 impl Default for Protocol {
@@ -197,6 +202,8 @@ impl Default for Protocol {
             screen_tail_max_ppm: 300_000,
             unit_cap_ppm: 500_000,
             noise_floor_milli: 3000,
+            sealed_split: 16,
+            sealed_low_epochs: 3,
         }
     }
 }
@@ -223,6 +230,9 @@ impl Protocol {
             if v == 0 || v > 86_400_000 {
                 return bad(k, "must be between 1 and 86400000 (a day)");
             }
+        }
+        if self.sealed_split == 0 || self.sealed_split > crate::sealed::SPLIT_MAX {
+            return bad("sealed_split", &format!("must be between 1 and {}", crate::sealed::SPLIT_MAX));
         }
         Ok(())
     }
@@ -264,7 +274,7 @@ pub struct Manifest {
 }
 
 impl Canonical for Manifest {
-    const TAG: &'static [u8] = b"datanet/manifest/v2";
+    const TAG: &'static [u8] = b"datanet/manifest/v3";
     const MAX_BYTES: usize = 64 * 1024;
 }
 
@@ -402,7 +412,8 @@ pub struct SliceFile {
 pub struct EvalFile {
     /// Path of the public evaluation file, relative to the manifest file.
     pub public: String,
-    /// Path of the secret evaluation file (committed to, not published), if any.
+    /// Path of the sealed evaluation file (same format as the public one; committed to by the
+    /// manifest, never published, revealed a split per epoch), if any.
     #[serde(default)]
     pub secret: Option<String>,
     pub slices: Vec<SliceFile>,
@@ -604,7 +615,8 @@ impl ManifestFile {
         let secret = self.eval.secret.as_deref().map(|p| read("eval.secret", p)).transpose()?;
         let eval = EvalSuite {
             public_hash: BlobHash::of(&public),
-            secret_commitment: secret.as_deref().map(BlobHash::of).unwrap_or_default(),
+            // Filled in by `admission::seal_pool` once the records can be canonicalized for the task.
+            sealed: Vec::new(),
             slices,
         };
         // Committee.

@@ -24,6 +24,7 @@ pub const KINDS: &[&str] = &[
     "contribution-meta",
     "catchup-request",
     "catchup-response",
+    "sealed-pool",
 ];
 
 fn plain<T: Canonical>(bytes: &[u8]) -> Result<(), String> {
@@ -77,6 +78,7 @@ pub fn decode_as(kind: &str, bytes: &[u8]) -> Result<(), String> {
         "catchup-response" => {
             cbor::<crate::net::catchup::CatchupResponse>(bytes, crate::net::catchup::RESPONSE_BYTES_MAX)
         }
+        "sealed-pool" => plain::<crate::sealed::SealedPool>(bytes),
         other => Err(format!("unknown kind `{other}` (one of {})", KINDS.join(", "))),
     }
 }

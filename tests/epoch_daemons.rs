@@ -1,7 +1,8 @@
 //! Epoch agreement between real daemons: four in-process peers on 127.0.0.1 form the committee of
-//! a small tabular Datanet (mlp base), each contributes part of the breast-cancer training rows,
-//! one of them starts an epoch, and every peer must append the same attestation, which verifies
-//! offline against the signed manifest alone. Every awaited event has a timeout.
+//! a small tabular Datanet (mlp base) with a sealed evaluation pool, each contributes part of the
+//! breast-cancer training rows, one of them starts an epoch, and every peer must append the same
+//! attestation, which verifies offline against the signed manifest alone, the reveal of the
+//! sealed split included. Every awaited event has a timeout.
 
 mod common;
 use common::wait_until;
@@ -24,9 +25,17 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The breast-cancer Datanet with the four peers as its committee, founded by peer 0; also
-/// returns the public evaluation file's bytes.
-fn manifest(founder: &Identity, committee: &[String]) -> (SignedManifest, Vec<u8>) {
+/// Training rows held out as the sealed evaluation pool (slice `all`), the rest contributed.
+const SEALED_ROWS: usize = 40;
+
+/// The breast-cancer Datanet with the four peers as its committee, founded by peer 0, sealing
+/// `sealed` (JSONL evaluation records); also returns the public evaluation file's bytes and the
+/// sealed pool.
+fn manifest(
+    founder: &Identity,
+    committee: &[String],
+    sealed: &[u8],
+) -> (SignedManifest, Vec<u8>, datanet::sealed::SealedPool) {
     let mut file = ManifestFile::read(&root().join("config/datanets/breast_cancer.toml")).unwrap();
     file.committee.members = committee.to_vec();
     // Epoch windows short enough for a test (few jobs): the manifest's, every member's.
@@ -36,8 +45,10 @@ fn manifest(founder: &Identity, committee: &[String]) -> (SignedManifest, Vec<u8
     file.protocol.reveal_window_ms = 3_000;
     file.protocol.rebroadcast_ms = 1_000;
     let check = |s: &str| datanet::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
-    let (m, eval) = file.into_manifest(&root().join("config/datanets"), founder.public_key(), &check).unwrap();
-    (Signed::sign(m, &founder.signing_key()), eval.public)
+    file.protocol.sealed_split = 8;
+    let (mut m, eval) = file.into_manifest(&root().join("config/datanets"), founder.public_key(), &check).unwrap();
+    let pool = datanet::admission::sealed::seal_manifest(&mut m, Some(sealed)).unwrap().unwrap();
+    (Signed::sign(m, &founder.signing_key()), eval.public, pool)
 }
 
 /// Loopback and quick gossip.
@@ -81,12 +92,30 @@ async fn four_daemons_attest_one_epoch() {
     }
     let ids: Vec<Identity> = dirs.iter().map(|d| Identity::load(d).unwrap()).collect();
     let committee: Vec<String> = ids.iter().map(|i| i.public_key().to_hex()).collect();
-    let (m, eval) = manifest(&ids[0], &committee);
+    let csv = std::fs::read_to_string(root().join("tests/data/breast_cancer_train.csv")).unwrap();
+    let all_rows: Vec<&str> = csv.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+    let (sealed_rows, rows) = all_rows.split_at(SEALED_ROWS);
+    let sealed_file: String = sealed_rows
+        .iter()
+        .map(|r| {
+            let v: Vec<f64> = r.split(',').map(|x| x.trim().parse().unwrap()).collect();
+            let (label, features) = v.split_last().unwrap();
+            format!("{}\n", serde_json::json!({"features": features, "label": *label as i64, "slice": "all"}))
+        })
+        .collect();
+    let (m, eval, pool) = manifest(&ids[0], &committee, sealed_file.as_bytes());
     let d = m.body.id();
-    // Only the founder holds the evaluation file; the others fetch it from the committee.
-    {
-        let store = Store::open(&dirs[0]).await.unwrap();
-        store.put_blob(eval).await.unwrap();
+    // The manifest commits to 40 sealed records in one part.
+    assert_eq!(m.body.eval.sealed.iter().map(|p| p.count).sum::<u32>(), SEALED_ROWS as u32);
+    // Only the founder holds the evaluation file; the others fetch it from the committee. Every
+    // member holds the sealed pool (as `datanet datanet sealed import` leaves it), in its database.
+    for (i, dir) in dirs.iter().enumerate() {
+        let store = Store::open(dir).await.unwrap();
+        if i == 0 {
+            store.put_blob(eval.clone()).await.unwrap();
+        }
+        datanet::admission::sealed::check_pool(&m.body, &pool).unwrap();
+        store.put_sealed_pool(&d, &pool).await.unwrap();
         store.close().await.unwrap();
     }
 
@@ -106,9 +135,7 @@ async fn four_daemons_attest_one_epoch() {
         .await;
     }
 
-    // A quarter of the training rows per peer, as its own contribution.
-    let csv = std::fs::read_to_string(root().join("tests/data/breast_cancer_train.csv")).unwrap();
-    let rows: Vec<&str> = csv.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+    // A quarter of the remaining training rows per peer, as its own contribution.
     let per = rows.len().div_ceil(PEERS);
     for (i, h) in hs.iter().enumerate() {
         let file = tmp.path().join(format!("part{i}.csv"));
@@ -157,6 +184,13 @@ async fn four_daemons_attest_one_epoch() {
     // Every contribution is in the input set with a witnessed priority, none deferred.
     assert_eq!(a.inputs.len(), PEERS);
     assert_eq!(a.deferred, 0);
+    // The epoch measured on a sealed split of 8 records, revealed in the attestation, the same at
+    // every peer, and provably the split the epoch's seed chose from the manifest's commitment.
+    let reveal = a.sealed.clone().expect("the attestation reveals the sealed split");
+    assert_eq!(reveal.parts[0].opened.len(), 8);
+    assert!(atts.iter().all(|x| x.sealed.as_ref() == Some(&reveal)));
+    let epoch_seed = datanet::attribution::epoch::assign::epoch_seed(&a.input.header);
+    datanet::sealed::verify_reveal(&m.body.eval.sealed, 8, &epoch_seed, &reveal, None).unwrap();
     // Epoch minting: a member asking for epoch 2 before its window opens (an hour after genesis)
     // is told when it opens, and no second attestation appears.
     let early = hs[2].epoch_run(&d.to_hex()).await.unwrap_err();
@@ -206,6 +240,35 @@ async fn four_daemons_attest_one_epoch() {
     wait_until("the late peer's ledger at epoch 1", WAIT, || async { head(&hl, &d).await == Some(1) }).await;
     let (_, late_bytes) = hl.epoch_attestation(&d.to_hex(), None).await.unwrap();
     assert_eq!(codec::decode::<Attestation>(&late_bytes).unwrap().hash(), a.hash());
+
+    // Sealed leak attempt: the non-member asks every member over iroh for the sealed pool by
+    // hash (the pool file's and the sealed records' own bytes): nobody serves it.
+    let founder_keys: Vec<_> = ids.iter().map(|i| i.public_key()).collect();
+    let pool_bytes = codec::encode(&pool);
+    let mut asked = 0;
+    for hash in [datanet::ids::BlobHash::of(&pool_bytes), datanet::ids::BlobHash::of(sealed_file.as_bytes())] {
+        for k in &founder_keys {
+            let got =
+                hl.net().blobs().fetch(hash, datanet::net::blobs::FetchKind::Raw, &[*k], Duration::from_secs(5)).await;
+            assert!(got.is_err(), "member {} served the sealed pool {}", k.short(), hash.short());
+            asked += 1;
+        }
+    }
+    println!("RESULT scenario=sealed-leak asked={asked} served=0 pass=true");
+
+    // Revealed records join the contamination list: re-submitting a revealed sealed record is
+    // refused at admission, at a member and at the non-member alike.
+    let revealed_row = {
+        let v: serde_json::Value = serde_json::from_slice(&reveal.parts[0].opened[0].record).unwrap();
+        let f: Vec<String> = v["features"].as_array().unwrap().iter().map(|x| x.to_string()).collect();
+        format!("{},{}\n", f.join(","), v["label"])
+    };
+    let copy = tmp.path().join("copy.csv");
+    std::fs::write(&copy, &revealed_row).unwrap();
+    for h in [&hs[3], &hl] {
+        let err = h.contribute(&d.to_hex(), &copy, false).await.unwrap_err();
+        assert!(err.contains("sealed evaluation record"), "{err}");
+    }
     daemons.push(late);
 
     for x in daemons {

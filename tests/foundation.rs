@@ -154,7 +154,8 @@ fn limits_are_enforced() {
         .unwrap()
         .replace("record_bytes_max = 8192", "record_bytes_max = 100")
         .replace("contribution_records_max = 200000", "contribution_records_max = 3")
-        .replace("\"instruct.eval.jsonl\"", &format!("{:?}", root().join("config/datanets/instruct.eval.jsonl")));
+        .replace("\"instruct.eval.jsonl\"", &format!("{:?}", root().join("config/datanets/instruct.eval.jsonl")))
+        .replace("\"instruct.sealed.jsonl\"", &format!("{:?}", root().join("config/datanets/instruct.sealed.jsonl")));
     let mp = write(tmp.path(), "m.toml", m.as_bytes());
     ok(&dir, &["datanet", "create", "--from", &mp]);
     let before = digest(&dir);

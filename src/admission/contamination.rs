@@ -92,7 +92,7 @@ impl ContaminationIndex {
             let i = self.names.len();
             self.names.push(format!("{source} {n}"));
             self.exact.entry(r.hash).or_insert(i);
-            let (keys, near) = self.near_of(r);
+            let (keys, near) = self.near_of(&r.value);
             for k in keys {
                 self.bands.entry(k).or_default().push(i);
             }
@@ -110,14 +110,14 @@ impl ContaminationIndex {
         self.names.is_empty()
     }
 
-    fn near_of(&self, r: &CanonicalRecord) -> (Vec<u64>, Near) {
+    fn near_of(&self, value: &serde_json::Value) -> (Vec<u64>, Near) {
         match self.task {
             TaskKind::Tabular { .. } => {
-                let (label, features) = neardup::tabular_parts(&r.value);
-                (neardup::tabular_band_keys(&r.value, self.digits), Near::Tabular { label, features })
+                let (label, features) = neardup::tabular_parts(value);
+                (neardup::tabular_band_keys(value, self.digits), Near::Tabular { label, features })
             }
             TaskKind::Text | TaskKind::Instruct => {
-                let sig = neardup::minhash(&neardup::record_text(&r.value));
+                let sig = neardup::minhash(&neardup::record_text(value));
                 (neardup::band_keys(&sig).to_vec(), Near::Text(Box::new(sig)))
             }
         }
@@ -126,10 +126,15 @@ impl ContaminationIndex {
     /// Whether `r` copies or nearly copies an evaluation record: the exact duplicate if any, else
     /// the most similar near-duplicate (ties to the earlier entry).
     pub fn check(&self, r: &CanonicalRecord) -> Option<Contamination> {
-        if let Some(&i) = self.exact.get(&r.hash) {
+        self.check_value(&r.hash, &r.value)
+    }
+
+    /// [`Self::check`] of a canonical record given by its hash and value.
+    pub fn check_value(&self, hash: &RecordHash, value: &serde_json::Value) -> Option<Contamination> {
+        if let Some(&i) = self.exact.get(hash) {
             return Some(Contamination { eval: self.names[i].clone(), near_ppm: None });
         }
-        let (keys, near) = self.near_of(r);
+        let (keys, near) = self.near_of(value);
         let mut best: Option<(u32, usize)> = None;
         for i in keys.iter().filter_map(|k| self.bands.get(k)).flatten().copied() {
             let score = match (&near, &self.near[i]) {
@@ -165,46 +170,60 @@ impl ContaminationIndex {
     }
 }
 
-type Cache = Mutex<HashMap<DatanetId, Arc<ContaminationIndex>>>;
+/// Per Datanet: the ledger head epoch the index was built at, and the index.
+/// How revealed sealed records are named in refusals.
+pub const SEALED_SOURCE: &str = "sealed evaluation record";
+
+type Cache = Mutex<HashMap<DatanetId, (Option<u64>, Arc<ContaminationIndex>)>>;
 
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
-/// The contamination index of Datanet `id` (whose manifest is `manifest`), built from the store's
-/// copy of the public evaluation file on first use and cached for the process (a Datanet id is the
-/// hash of its manifest, which names the file by hash, so the index never goes stale). `None`
-/// when this store does not hold the evaluation file yet (a peer that imported only the manifest;
-/// the epoch driver fetches it): admission then cannot check, and says so in the log.
+/// The contamination index of Datanet `id` (whose manifest is `manifest`): the store's copy of
+/// the public evaluation file plus every sealed record the ledger's attestations revealed
+/// ("sealed evaluation record N"), cached for the process and rebuilt when the ledger head moves
+/// (a Datanet id is the hash of its manifest, which names the public file by hash). `None` when
+/// this store does not hold the evaluation file yet (a peer that imported only the manifest; the
+/// epoch driver fetches it): admission then cannot check, and says so in the log.
 pub async fn contamination_index(
     store: &Store,
     id: &DatanetId,
     manifest: &Manifest,
 ) -> Result<Option<Arc<ContaminationIndex>>, AdmitError> {
-    if let Some(ix) = cache().lock().expect("contamination cache").get(id) {
-        return Ok(Some(ix.clone()));
+    let head = crate::store::ledger::Ledger::open(store.db())
+        .head(id)
+        .map_err(|e| AdmitError::Ledger(e.to_string()))?
+        .map(|h| h.epoch);
+    if let Some((at, ix)) = cache().lock().expect("contamination cache").get(id) {
+        if *at == head {
+            return Ok(Some(ix.clone()));
+        }
     }
+    let revealed = super::sealed::revealed_in_ledger(store, manifest)?;
     let h = manifest.eval.public_hash;
-    if !store.has_blob(&h).await? {
+    let public = if store.has_blob(&h).await? {
+        super::parse_eval(manifest, &store.get_blob(&h).await?)?
+    } else {
         tracing::warn!(
             target: "datanet::admission",
             datanet = %id.short(),
             eval = %h.short(),
-            "the public evaluation file is not here: contamination not checked"
+            revealed = revealed.len(),
+            "the public evaluation file is not here: contamination checked against revealed sealed records only"
         );
-        return Ok(None);
+        if revealed.is_empty() {
+            return Ok(None);
+        }
+        Vec::new()
+    };
+    let mut ix = ContaminationIndex::new(manifest, &public);
+    ix.extend(SEALED_SOURCE, super::sealed::canonical_of(&revealed));
+    let ix = Arc::new(ix);
+    // Cached only when complete: a later call retries the public file.
+    if store.has_blob(&h).await? {
+        cache().lock().expect("contamination cache").insert(*id, (head, ix.clone()));
     }
-    let bytes = store.get_blob(&h).await?;
-    let eval = super::parse_eval(manifest, &bytes)?;
-    // Revealed sealed evaluation records (when the store keeps them) join here with `extend`.
-    let ix = Arc::new(ContaminationIndex::new(manifest, &eval));
-    cache().lock().expect("contamination cache").entry(*id).or_insert(ix.clone());
     Ok(Some(ix))
-}
-
-/// Forgets the cached index of `id` (after more evaluation records became known), so the next
-/// admission rebuilds it.
-pub fn forget_contamination_index(id: &DatanetId) {
-    cache().lock().expect("contamination cache").remove(id);
 }

@@ -11,6 +11,7 @@
 pub mod canonical;
 pub mod contamination;
 pub mod neardup;
+pub mod sealed;
 
 use crate::codec::{Canonical, Signed};
 use crate::identity::Identity;
@@ -109,6 +110,8 @@ pub enum AdmitError {
     Mismatch { what: &'static str, claimed: String, actual: String },
     #[error("chunk {index} line {line}: {error}")]
     ChunkRecord { index: usize, line: usize, error: String },
+    #[error("ledger: {0}")]
+    Ledger(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -616,16 +619,7 @@ pub fn parse_eval(manifest: &Manifest, bytes: &[u8]) -> Result<Vec<EvalRecord>, 
 /// The evaluation file's records as JSON values, each with its `slice` field: what the trainer and
 /// the attribution featurizer read.
 pub fn eval_values(manifest: &Manifest, bytes: &[u8]) -> Result<Vec<serde_json::Value>, AdmitError> {
-    Ok(parse_eval(manifest, bytes)?
-        .into_iter()
-        .map(|e| {
-            let mut v = e.record.value;
-            if let Some(o) = v.as_object_mut() {
-                o.insert("slice".into(), serde_json::Value::String(e.slice));
-            }
-            v
-        })
-        .collect())
+    Ok(parse_eval(manifest, bytes)?.iter().map(sealed::with_slice).collect())
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ async fn datanet(dir: &Path, name: &str, eval: Option<&str>) -> (Store, DatanetI
         Some(jsonl) => {
             let text = std::fs::read_to_string(examples.join(name)).unwrap();
             let public = text.lines().find(|l| l.starts_with("public = ")).unwrap();
+            // Without the sealed file (it stays next to the example).
+            let text: String = text.lines().filter(|l| !l.starts_with("secret = ")).map(|l| format!("{l}\n")).collect();
             std::fs::write(dir.join("eval.jsonl"), jsonl).unwrap();
             std::fs::write(dir.join("m.toml"), text.replace(public, "public = \"eval.jsonl\"")).unwrap();
             (dir.join("m.toml"), dir.to_path_buf())
@@ -233,4 +235,64 @@ fn contamination_index_extends() {
         ix.check(&canon(json!({"prompt": "Negate 2.", "completion": "-2"}))).unwrap().eval,
         "evaluation record 9"
     );
+}
+
+/// The example instruct manifest sealed under `key`, with its pool.
+fn sealed_instruct(key: u8) -> (Manifest, crate::sealed::SealedPool) {
+    let examples = root().join("config/datanets");
+    let (mut m, blobs) = ManifestFile::read(&examples.join("instruct.toml"))
+        .unwrap()
+        .into_manifest(&examples, Identity::from_seed([15; 32]).public_key(), &|_| Ok(()))
+        .unwrap();
+    let pool = sealed::seal_pool(&m, blobs.secret.as_deref().unwrap(), [key; 32]).unwrap();
+    m.eval.sealed = pool.commitment();
+    (m, pool)
+}
+
+// The example sealed file becomes one part per slice in the manifest's slice order; the pool checks against its own commitment and not against another key's or a tampered copy.
+#[test]
+fn sealed_pool_commits_per_slice_and_checks() {
+    let (m, pool) = sealed_instruct(1);
+    let parts: Vec<(&str, u32)> = m.eval.sealed.iter().map(|p| (p.slice.as_str(), p.count)).collect();
+    assert_eq!(parts, vec![("common", 48), ("critical", 200)]);
+    sealed::check_pool(&m, &pool).unwrap();
+    let (_, other) = sealed_instruct(2);
+    assert!(sealed::check_pool(&m, &other).unwrap_err().contains("does not match"));
+    let mut tampered = pool.clone();
+    tampered.parts[1].records[0] = br#"{"completion":"-1","prompt":"Negate 1."}"#.to_vec();
+    assert!(sealed::check_pool(&m, &tampered).unwrap_err().contains("does not match"));
+    let mut bad = pool.clone();
+    bad.parts[0].records[0] = b"{\"prompt\": \"x\"}".to_vec();
+    assert!(sealed::check_pool(&m, &bad).unwrap_err().contains("record 1"));
+    let mut plain = m.clone();
+    plain.eval.sealed.clear();
+    assert!(sealed::check_pool(&plain, &pool).unwrap_err().contains("no sealed"));
+    // A sealed file with a record of an undeclared slice is refused with its line.
+    let err =
+        sealed::seal_pool(&m, b"{\"prompt\":\"a\",\"completion\":\"b\",\"slice\":\"nope\"}\n", [0; 32]).unwrap_err();
+    assert!(err.to_string().contains("sealed evaluation file") && err.to_string().contains("line 1"), "{err}");
+}
+
+// An epoch measures on its sealed split, and on public records only for slices the split has nothing for; the opened records come back canonical with their slice.
+#[test]
+fn measured_eval_is_the_split_plus_unsealed_slices() {
+    let (m, pool) = sealed_instruct(3);
+    let examples = root().join("config/datanets");
+    let public = parse_eval(&m, &std::fs::read(examples.join("instruct.eval.jsonl")).unwrap()).unwrap();
+    let before = crate::sealed::fresh(&m.eval.sealed);
+    let split = crate::sealed::select(&[5; 32], &m.eval.sealed, &before, 8);
+    let reveal = pool.reveal(&before, &split);
+    let opened = sealed::opened_records(&m, &reveal).unwrap();
+    assert_eq!(opened.len(), 16);
+    let eval = sealed::measured_eval(&public, &opened);
+    assert_eq!(eval.len(), 16, "both slices sealed: no public record measured");
+    // Only the critical part left: common is measured on its public records.
+    let critical: Vec<EvalRecord> = opened.iter().filter(|e| e.slice == "critical").cloned().collect();
+    let eval = sealed::measured_eval(&public, &critical);
+    let slices = |s: &str| eval.iter().filter(|v| v["slice"] == s).count();
+    assert_eq!((slices("critical"), slices("common")), (8, public.iter().filter(|e| e.slice == "common").count()));
+    // A reveal whose record is not canonical for the task is refused.
+    let mut bad = reveal.clone();
+    bad.parts[0].opened[0].record = b"{\"prompt\":1}".to_vec();
+    assert!(sealed::opened_records(&m, &bad).is_err());
 }

@@ -289,6 +289,9 @@ pub struct EpochPlan {
     pub record_values: Vec<(RecordHash, i64)>,
     /// Records the screen excluded, sorted.
     pub screened: Vec<RecordHash>,
+    /// The sealed evaluation split the jobs measure on, revealed by the attestation
+    /// ([`crate::sealed`]); set by the driver that holds the pool, `None` without a sealed pool.
+    pub sealed: Option<crate::sealed::Reveal>,
 }
 
 impl EpochPlan {
@@ -442,6 +445,7 @@ pub fn plan(
         contributors: summary.into_values().collect(),
         record_values,
         screened,
+        sealed: None,
     })
 }
 

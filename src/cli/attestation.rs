@@ -69,6 +69,14 @@ fn read_manifest(path: &Path) -> anyhow::Result<SignedManifest> {
 }
 
 /// Verifies `file` against `manifest`; returns the attestation.
+fn sealed_opened(r: &crate::sealed::Reveal) -> usize {
+    r.parts.iter().map(|p| p.opened.len()).sum()
+}
+
+fn sealed_used(r: &crate::sealed::Reveal) -> u32 {
+    r.parts.iter().map(|p| crate::sealed::revealed_count(&p.used)).sum()
+}
+
 pub fn verify_file(file: &Path, manifest: &Path, prev: Option<&Path>) -> anyhow::Result<Attestation> {
     let m = read_manifest(manifest)?;
     let a = read_attestation(file)?;
@@ -145,6 +153,8 @@ pub async fn run(cmd: AttestationCmd, g: &Global) -> anyhow::Result<()> {
                         "contributors": a.leaves.len(), "rewards": total, "reports": a.reports.len(),
                         "window_start_ms": win_start, "window_end_ms": win_end,
                         "inputs": a.inputs.len(), "deferred": a.deferred,
+                        "sealed_revealed": a.sealed.as_ref().map(sealed_opened),
+                        "sealed_revealed_total": a.sealed.as_ref().map(sealed_used),
                     })
                 );
             } else {
@@ -164,6 +174,14 @@ pub async fn run(cmd: AttestationCmd, g: &Global) -> anyhow::Result<()> {
                     a.inputs.len(),
                     a.deferred
                 );
+                match &a.sealed {
+                    Some(r) => println!(
+                        "  sealed split   {} records revealed and proven against the manifest's commitment ({} revealed so far); the split is the one the epoch seed chose",
+                        sealed_opened(r),
+                        sealed_used(r)
+                    ),
+                    None => println!("  sealed split   none (the Datanet has no sealed evaluation pool)"),
+                }
             }
             Ok(())
         }

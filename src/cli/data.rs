@@ -33,6 +33,26 @@ pub enum DatanetCmd {
     },
     /// Add a signed manifest file (from `datanet datanet export`) to this peer's store.
     Import { file: PathBuf },
+    /// The sealed evaluation pool: hand it to committee members, import it, see how much is left.
+    Sealed {
+        #[command(subcommand)]
+        cmd: SealedCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SealedCmd {
+    /// Write the sealed pool this peer holds (the founder, or a member who imported it) to a
+    /// private file, to hand to another committee member.
+    Export {
+        datanet: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Keep a sealed pool file, after checking it against the manifest's commitment.
+    Import { datanet: String, file: PathBuf },
+    /// Records still sealed per slice and epochs of splits left (revealed ones are in the ledger).
+    Status { datanet: String },
 }
 
 pub(crate) async fn open_store(g: &Global) -> anyhow::Result<(Identity, Store)> {
@@ -53,6 +73,7 @@ pub async fn run_datanet(cmd: DatanetCmd, g: &Global) -> anyhow::Result<()> {
     let (identity, store) = open_store(g).await?;
     let r = match cmd {
         DatanetCmd::Create { from } => create(&store, &identity, &from, g).await,
+        DatanetCmd::Sealed { cmd } => sealed_cmd(&store, cmd, g).await,
         DatanetCmd::Show { datanet } => {
             let (id, m) = resolve(&store, &datanet)?;
             if g.json {
@@ -113,21 +134,97 @@ async fn create(store: &Store, identity: &Identity, from: &std::path::Path, g: &
     let file = ManifestFile::read(from)?;
     let base = from.parent().unwrap_or(std::path::Path::new("."));
     let check_seed = |s: &str| crate::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
-    let (manifest, eval) = file.into_manifest(base, identity.public_key(), &check_seed)?;
+    let (mut manifest, eval) = file.into_manifest(base, identity.public_key(), &check_seed)?;
     admission::parse_eval(&manifest, &eval.public).context("eval.public")?;
+    let pool = admission::sealed::seal_manifest(&mut manifest, eval.secret.as_deref()).context("eval.secret")?;
     let public_hash = store.put_blob(eval.public).await?;
     debug_assert_eq!(public_hash, manifest.eval.public_hash);
-    if let Some(secret) = eval.secret {
-        // Kept locally by the founder until the reveal; its hash is the commitment.
-        store.put_blob(secret).await?;
-    }
     let signed = Signed::sign(manifest, &identity.signing_key());
-    let id = store.put_manifest(&signed).await?;
+    let id = signed.body.id();
+    // The sealed pool stays in the founder's database (never a blob: nobody can fetch it) until
+    // `datanet datanet sealed export` hands it to the other members.
+    if let Some(pool) = &pool {
+        store.put_sealed_pool(&id, pool).await?;
+    }
+    store.put_manifest(&signed).await?;
+    let sealed: u32 = signed.body.eval.sealed.iter().map(|p| p.count).sum();
     if g.json {
-        println!("{}", serde_json::json!({"id": id.to_hex(), "name": signed.body.name}));
+        println!("{}", serde_json::json!({"id": id.to_hex(), "name": signed.body.name, "sealed_records": sealed}));
     } else {
         println!("created datanet {} ({})", signed.body.name, id);
+        if sealed > 0 {
+            println!(
+                "sealed evaluation pool: {sealed} records committed; give it to every committee member with `datanet datanet sealed export {} --out FILE` (keep FILE secret)",
+                signed.body.name
+            );
+        }
     }
+    Ok(())
+}
+
+/// `datanet datanet sealed …`
+async fn sealed_cmd(store: &Store, cmd: SealedCmd, g: &Global) -> anyhow::Result<()> {
+    match cmd {
+        SealedCmd::Export { datanet, out } => {
+            let (id, m) = resolve(store, &datanet)?;
+            let pool = store
+                .sealed_pool(&id)?
+                .ok_or_else(|| anyhow::anyhow!("this peer does not hold the sealed evaluation pool of {}", m.name))?;
+            write_private(&out, &crate::codec::encode(&pool))?;
+            println!(
+                "wrote the sealed evaluation pool of {} ({} records) to {}; hand it only to committee members",
+                m.name,
+                pool.parts.iter().map(|p| p.records.len()).sum::<usize>(),
+                out.display()
+            );
+            Ok(())
+        }
+        SealedCmd::Import { datanet, file } => {
+            let (id, m) = resolve(store, &datanet)?;
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let pool: crate::sealed::SealedPool = crate::codec::decode(&bytes)
+                .with_context(|| format!("{} is not a sealed evaluation pool file", file.display()))?;
+            admission::sealed::check_pool(&m, &pool).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            store.put_sealed_pool(&id, &pool).await?;
+            println!("imported the sealed evaluation pool of {} (matches the manifest's commitment)", m.name);
+            Ok(())
+        }
+        SealedCmd::Status { datanet } => {
+            let (id, m) = resolve(store, &datanet)?;
+            let s = crate::daemon::epoch::sealed_status(store, &m).map_err(anyhow::Error::msg)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else if m.eval.sealed.is_empty() {
+                println!("{} has no sealed evaluation pool: utilities are measured on the public file", m.name);
+            } else {
+                println!("sealed evaluation pool of {} ({id})", m.name);
+                println!("held here   {}", if s.held { "yes" } else { "no" });
+                for p in &s.parts {
+                    println!("slice {:<12} {} of {} records still sealed", p.slice, p.remaining, p.count);
+                }
+                println!(
+                    "epochs left {} (split {} per slice){}",
+                    s.epochs_left,
+                    m.protocol.sealed_split,
+                    if s.low { " — LOW: the founder should extend the pool" } else { "" }
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Writes a secret file readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -102,6 +102,17 @@ fn print_status(s: &Status) {
             d.contributions.len(),
             d.mesh_peers
         );
+        if let Some(sp) = &d.sealed {
+            let left: Vec<String> =
+                sp.parts.iter().map(|p| format!("{} {}/{}", p.slice, p.remaining, p.count)).collect();
+            println!(
+                "  sealed evaluation pool: {} epochs left ({} still sealed){}{}",
+                sp.epochs_left,
+                left.join(", "),
+                if sp.held { "" } else { "; not held here (committee members import it)" },
+                if sp.low { " — LOW: the founder should extend it" } else { "" }
+            );
+        }
         println!(
             "  {:<16} {:<10} {:>8} {:>10} {:>7} source",
             "contribution", "contributor", "records", "bytes", "holders"

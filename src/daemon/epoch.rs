@@ -702,8 +702,23 @@ impl DaemonActor {
                     tracing::info!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch, phase = ?c.header.phase, view = c.header.view, signers = c.signer_indexes().len(), "certificate");
                 }
                 Action::Attested { attestation, standing_lost } => {
+                    // Checked like any attestation from the network (the sealed reveal above all:
+                    // a member without the pool attests none and must take its peers' instead).
+                    if let Some(m) = self.joined.get(&d) {
+                        let prev =
+                            ledger.head(&d).ok().flatten().and_then(|h| ledger.attestation(&d, h.epoch).ok().flatten());
+                        let prev = prev.filter(|p| p.score.header.epoch + 1 == epoch);
+                        if let Err(e) = attestation.verify(m, prev.as_ref()) {
+                            self.epoch_error(
+                                d,
+                                format!("epoch {epoch}: own attestation does not verify, not appended: {e}"),
+                            );
+                            continue;
+                        }
+                    }
                     match ledger::append_and_store_blob(&self.store, &attestation, &standing_lost).await {
                         Ok((appended, blob)) => {
+                            self.refresh_sealed_gauge();
                             tracing::info!(target: "datanet::daemon::epoch", datanet = %d.short(), epoch, hash = %hex::encode(attestation.hash()), blob = %blob.short(), contributors = attestation.leaves.len(), new = matches!(appended, ledger::Appended::New), "epoch attested");
                         }
                         Err(e) => self.epoch_error(d, format!("epoch {epoch}: ledger append: {e}")),
@@ -717,12 +732,23 @@ impl DaemonActor {
         self.epoch_start_training(d);
     }
 
+    /// Sets `datanet_sealed_pools_low`: joined Datanets whose sealed pool runs low.
+    pub(super) fn refresh_sealed_gauge(&self) {
+        let low = self
+            .joined
+            .values()
+            .filter(|m| !m.eval.sealed.is_empty() && sealed_status(&self.store, m).is_ok_and(|s| s.low))
+            .count();
+        self.metrics.sealed_pools_low.store(low as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn epoch_spawn_plan(&mut self, d: DatanetId, epoch: u64, seed: [u8; 32], items: Vec<(ContributionId, u64)>) {
         let Some(m) = self.joined.get(&d).cloned() else { return };
         let (store, net, internal) = (self.store.clone(), self.net.clone(), self.internal.clone());
         let (settings, datadir, me) = (self.cfg.epoch.clone(), self.datadir.clone(), self.identity.public_key());
         self.tasks.spawn(async move {
-            let result = build_plan(&store, &net, me, &m, d, seed, &items, &settings, &datadir).await.map(Box::new);
+            let result =
+                build_plan(&store, &net, me, &m, (d, epoch), seed, &items, &settings, &datadir).await.map(Box::new);
             let _ = internal.send(Internal::Epoch(EpochInternal::Planned { datanet: d, epoch, result })).await;
         });
     }
@@ -784,15 +810,15 @@ fn train_jobs(
     Ok(())
 }
 
-/// Reads the frozen input set and the evaluation file, and computes the plan (blocking part on a
-/// blocking thread).
+/// Reads the frozen input set, the evaluation file and (with a sealed pool) this epoch's sealed
+/// split, and computes the plan (blocking part on a blocking thread).
 #[allow(clippy::too_many_arguments)]
 async fn build_plan(
     store: &Store,
     net: &NetHandle,
     me: PeerKey,
     m: &Manifest,
-    d: DatanetId,
+    (d, epoch): (DatanetId, u64),
     seed: [u8; 32],
     items: &[(ContributionId, u64)],
     settings: &EpochSettings,
@@ -802,18 +828,134 @@ async fn build_plan(
     // signed `created_ms`.
     let priorities: BTreeMap<ContributionId, u64> = items.iter().copied().collect();
     let records = store.datanet_records(&d, Some(&priorities)).await.map_err(|e| format!("input records: {e}"))?;
-    let eval = eval_values(store, net, me, m, Duration::from_millis(settings.eval_fetch_timeout_ms)).await?;
+    let public = eval_records(store, net, me, m, Duration::from_millis(settings.eval_fetch_timeout_ms)).await?;
+    let split = sealed_split(store, m, epoch, &seed)?;
+    let revealed = admission::sealed::revealed_in_ledger(store, m).map_err(|e| e.to_string())?;
     let (m, datadir) = (m.clone(), datadir.to_path_buf());
     tokio::task::spawn_blocking(move || {
-        let (inputs, eval_emb) = input_records(&m.task, &records, &eval)?;
+        let (reveal, opened) = split.unzip();
+        let opened = opened.unwrap_or_default();
+        let records = uncontaminated(&m, records, &public, &revealed, &opened, epoch);
+        let public_values: Vec<Value> = public.iter().map(admission::sealed::with_slice).collect();
+        let (inputs, eval_emb) = input_records(&m.task, &records, &public_values)?;
         let params = EpochParams::from_manifest(&m);
-        let plan = attribution::plan(&inputs, &eval_emb, seed, &params).map_err(|e| e.to_string())?;
-        let base = base_dir(&datadir, &m, &eval)?;
+        let mut plan = attribution::plan(&inputs, &eval_emb, seed, &params).map_err(|e| e.to_string())?;
+        plan.sealed = reveal;
+        let base = base_dir(&datadir, &m, &public_values)?;
         let values = records.into_iter().map(|r| (r.hash, r.value)).collect();
+        let eval = admission::sealed::measured_eval(&public, &opened);
         Ok(Planned { plan, values, eval, base })
     })
     .await
     .map_err(|e| format!("plan task: {e}"))?
+}
+
+/// This epoch's sealed split and its reveal, when the Datanet has a sealed pool: the split the
+/// seed chooses among the records the previous attestation had not revealed yet.
+fn sealed_split(
+    store: &Store,
+    m: &Manifest,
+    epoch: u64,
+    seed: &[u8; 32],
+) -> Result<Option<(crate::sealed::Reveal, Vec<admission::EvalRecord>)>, String> {
+    if m.eval.sealed.is_empty() {
+        return Ok(None);
+    }
+    let d = m.id();
+    let pool = store.sealed_pool(&d).map_err(|e| e.to_string())?.ok_or_else(|| {
+        format!(
+            "the sealed evaluation pool of {} is not here: a committee member imports it with `datanet datanet sealed import {} FILE`",
+            m.name, m.name
+        )
+    })?;
+    let before = sealed_used(store, m, epoch)?;
+    let split = crate::sealed::select(seed, &m.eval.sealed, &before, m.protocol.sealed_split);
+    let reveal = pool.reveal(&before, &split);
+    let opened = admission::sealed::opened_records(m, &reveal).map_err(|e| e.to_string())?;
+    Ok(Some((reveal, opened)))
+}
+
+/// The sealed pool's revealed-index bitmaps before `epoch`: the previous attestation's.
+pub fn sealed_used(store: &Store, m: &Manifest, epoch: u64) -> Result<Vec<Vec<u8>>, String> {
+    let d = m.id();
+    let ledger = Ledger::open(store.db());
+    match ledger.head(&d).map_err(|e| e.to_string())? {
+        None if epoch == FIRST_EPOCH => Ok(crate::sealed::fresh(&m.eval.sealed)),
+        Some(h) if h.epoch + 1 == epoch => {
+            let a = ledger.attestation(&d, h.epoch).map_err(|e| e.to_string())?.ok_or("head attestation missing")?;
+            let r = a.sealed.ok_or(format!("the attestation of epoch {} reveals no sealed split", h.epoch))?;
+            Ok(r.parts.into_iter().map(|p| p.used).collect())
+        }
+        head => Err(format!(
+            "epoch {epoch} needs the attestation of epoch {} to choose its sealed split; the ledger's head is {}",
+            epoch - 1,
+            head.map_or("empty".to_string(), |h| format!("epoch {}", h.epoch))
+        )),
+    }
+}
+
+/// How much of a Datanet's sealed evaluation pool is left (`datanet datanet sealed status`,
+/// `datanet status`, the `datanet_sealed_epochs_left` metric).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedStatus {
+    /// Whether this peer holds the pool (committee members need it to measure).
+    pub held: bool,
+    pub parts: Vec<SealedPartStatus>,
+    /// Epochs of full splits of every slice left after the ledger's head.
+    pub epochs_left: u32,
+    /// Fewer than the manifest's `protocol.sealed_low_epochs` left: the founder should extend it.
+    pub low: bool,
+}
+
+/// One slice of [`SealedStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedPartStatus {
+    pub slice: String,
+    pub count: u32,
+    pub remaining: u32,
+}
+
+/// The sealed pool's state after this peer's ledger head.
+pub fn sealed_status(store: &Store, m: &Manifest) -> Result<SealedStatus, String> {
+    let parts = &m.eval.sealed;
+    let head = Ledger::open(store.db()).head(&m.id()).map_err(|e| e.to_string())?;
+    let used =
+        if parts.is_empty() { Vec::new() } else { sealed_used(store, m, head.map_or(FIRST_EPOCH, |h| h.epoch + 1))? };
+    let remaining = crate::sealed::remaining(parts, &used);
+    let epochs_left = crate::sealed::epochs_left(parts, &used, m.protocol.sealed_split);
+    Ok(SealedStatus {
+        held: store.sealed_pool(&m.id()).map_err(|e| e.to_string())?.is_some(),
+        parts: parts
+            .iter()
+            .zip(remaining)
+            .map(|(p, remaining)| SealedPartStatus { slice: p.slice.clone(), count: p.count, remaining })
+            .collect(),
+        epochs_left,
+        low: !parts.is_empty() && epochs_left < m.protocol.sealed_low_epochs,
+    })
+}
+
+/// The input records less those that copy or nearly copy an evaluation record known at this
+/// epoch (public, revealed before, or in this epoch's split): a record admitted before its
+/// evaluation twin became known earns nothing from then on. Every member drops the same ones.
+fn uncontaminated(
+    m: &Manifest,
+    records: Vec<AdmittedRecord>,
+    public: &[admission::EvalRecord],
+    revealed: &[admission::EvalRecord],
+    opened: &[admission::EvalRecord],
+    epoch: u64,
+) -> Vec<AdmittedRecord> {
+    use admission::sealed::canonical_of;
+    let mut ix = admission::ContaminationIndex::new(m, public);
+    ix.extend(admission::contamination::SEALED_SOURCE, canonical_of(revealed).chain(canonical_of(opened)));
+    let before = records.len();
+    let kept: Vec<AdmittedRecord> =
+        records.into_iter().filter(|r| ix.check_value(&r.hash, &r.value).is_none()).collect();
+    if kept.len() < before {
+        tracing::info!(target: "datanet::daemon::epoch", datanet = %m.id().short(), epoch, dropped = before - kept.len(), "records copying evaluation records earn nothing");
+    }
+    kept
 }
 
 /// The public evaluation records of a Datanet, each with its `slice` field; the file is fetched
@@ -825,6 +967,17 @@ pub async fn eval_values(
     m: &Manifest,
     timeout: Duration,
 ) -> Result<Vec<Value>, String> {
+    Ok(eval_records(store, net, me, m, timeout).await?.iter().map(admission::sealed::with_slice).collect())
+}
+
+/// The public evaluation records of a Datanet (see [`eval_values`]).
+pub async fn eval_records(
+    store: &Store,
+    net: &NetHandle,
+    me: PeerKey,
+    m: &Manifest,
+    timeout: Duration,
+) -> Result<Vec<admission::EvalRecord>, String> {
     let h = m.eval.public_hash;
     if !store.has_blob(&h).await.unwrap_or(false) {
         let mut providers: Vec<PeerKey> = m.committee.members.iter().copied().filter(|k| *k != me).collect();
@@ -837,7 +990,7 @@ pub async fn eval_values(
             .map_err(|e| format!("fetching the evaluation file {}: {e}", h.short()))?;
     }
     let bytes = store.get_blob(&h).await.map_err(|e| format!("the evaluation file {}: {e}", h.short()))?;
-    admission::eval_values(m, &bytes).map_err(|e| format!("the evaluation file: {e}"))
+    admission::parse_eval(m, &bytes).map_err(|e| format!("the evaluation file: {e}"))
 }
 
 /// Attribution inputs from admitted records: fixed-point features against the evaluation set.
@@ -894,6 +1047,70 @@ mod tests {
         assert_eq!(may_start_from(&m, 2, &w(&member, 2), e2 - 1), StartGate::Early { opens_ms: e2 });
         assert_eq!(may_start_from(&m, 2, &w(&member, 2), e2), StartGate::Open);
         assert_eq!(m.epoch_window_ms(2), (m.genesis_ms + 600_000, m.genesis_ms + 1_200_000));
+    }
+
+    // Records admitted before their evaluation twin was known earn nothing: exact and near copies of public, earlier-revealed and this epoch's sealed records leave the input set; the rest stay.
+    #[test]
+    fn contaminated_inputs_leave_the_plan() {
+        let examples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/datanets");
+        let (m, blobs) = crate::manifest::ManifestFile::read(&examples.join("instruct.toml"))
+            .unwrap()
+            .into_manifest(&examples, crate::identity::Identity::from_seed([3; 32]).public_key(), &|_| Ok(()))
+            .unwrap();
+        let public = admission::parse_eval(&m, &blobs.public).unwrap();
+        let canon = |p: &str, c: &str| {
+            admission::canonical::canonicalize(&m.task, serde_json::json!({"prompt": p, "completion": c}), 8192)
+                .unwrap()
+        };
+        let eval = |p: &str, c: &str| admission::EvalRecord { slice: "critical".into(), record: canon(p, c) };
+        let revealed = vec![eval("Negate 314.", "-314")];
+        let opened = vec![eval(
+            "Negate 2718 and write the result as one plain integer with its sign in front of it, nothing else at all.",
+            "-2718",
+        )];
+        let rec = |p: &str, c: &str| {
+            let r = canon(p, c);
+            AdmittedRecord {
+                hash: r.hash,
+                value: r.value,
+                priority: 1,
+                contribution: ContributionId([1; 32]),
+                owners: vec![PeerKey([1; 32])],
+                cluster: None,
+            }
+        };
+        let records = vec![
+            rec("Negate 2.", "-2"),     // public evaluation record
+            rec("Negate 314.", "-314"), // revealed in an earlier epoch
+            rec(
+                "Negate 2718 and write the result as one plain integer with its sign in front of it, nothing else at all!",
+                "-2718",
+            ), // near copy of this epoch's split
+            rec("Negate 55.", "-55"),
+            rec("What colour is a lemon?", "yellow"),
+        ];
+        let kept = uncontaminated(&m, records, &public, &revealed, &opened, 2);
+        let prompts: Vec<&str> = kept.iter().map(|r| r.value["prompt"].as_str().unwrap()).collect();
+        assert_eq!(prompts, vec!["Negate 55.", "What colour is a lemon?"]);
+    }
+
+    // The sealed split's starting bitmaps: fresh for the first epoch, the previous attestation's after it, a clear error when the ledger lacks it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sealed_bitmaps_come_from_the_previous_attestation() {
+        let (m, _) = crate::sim::tests::attested(4, 0, 1000);
+        let mut m = m;
+        m.eval.sealed = vec![crate::sealed::SealedPart { slice: "all".into(), count: 20, root: Default::default() }];
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(sealed_used(&store, &m, FIRST_EPOCH).unwrap(), vec![vec![0u8; 3]]);
+        let err = sealed_used(&store, &m, 3).unwrap_err();
+        assert!(err.contains("epoch 3 needs the attestation of epoch 2") && err.contains("empty"), "{err}");
+        // Without the pool a member cannot choose a split, and says how to get it.
+        let err = sealed_split(&store, &m, FIRST_EPOCH, &[0; 32]).unwrap_err();
+        assert!(err.contains("datanet datanet sealed import"), "{err}");
+        let s = sealed_status(&store, &m).unwrap();
+        assert_eq!((s.held, s.epochs_left, s.parts[0].remaining), (false, 1, 20));
+        assert!(s.low, "one epoch left is below the default of 3");
     }
 
     // Ledger catch-up appends an attestation that verifies and is the next epoch, refuses a tampered one or a repeat, and serves what the ledger holds.

@@ -54,6 +54,9 @@ pub struct DaemonMetrics {
     pub catchup_rejected: AtomicU64,
     pub peers_penalized: AtomicU64,
     pub epoch_messages: AtomicU64,
+    /// Joined Datanets whose sealed evaluation pool has fewer epochs left than its manifest's
+    /// `protocol.sealed_low_epochs` (set at each status and each attested epoch).
+    pub sealed_pools_low: AtomicU64,
 }
 
 impl DaemonMetrics {
@@ -150,6 +153,12 @@ impl DaemonMetrics {
                 g(&self.peers_penalized),
             ),
             ("datanet_epoch_messages_total", "Messages seen on epoch topics.", "counter", g(&self.epoch_messages)),
+            (
+                "datanet_sealed_pools_low",
+                "Joined Datanets whose sealed evaluation pool runs low (extend it).",
+                "gauge",
+                g(&self.sealed_pools_low),
+            ),
         ];
         for (name, help, kind, v) in rows {
             row(name, help, kind, v);

@@ -97,6 +97,9 @@ pub struct DatanetStatus {
     pub name: String,
     pub mesh_peers: usize,
     pub contributions: Vec<ContributionStatus>,
+    /// The sealed evaluation pool, when the Datanet has one.
+    #[serde(default)]
+    pub sealed: Option<epoch::SealedStatus>,
 }
 
 /// One contribution in [`Status`].
@@ -553,9 +556,11 @@ impl DaemonActor {
                 })
                 .collect();
             let mesh_peers = self.net.mesh_peers(*id, TopicKind::Contributions).await;
-            datanets.push(DatanetStatus { id: id.to_hex(), name: m.name.clone(), mesh_peers, contributions });
+            let sealed = if m.eval.sealed.is_empty() { None } else { epoch::sealed_status(&self.store, m).ok() };
+            datanets.push(DatanetStatus { id: id.to_hex(), name: m.name.clone(), mesh_peers, contributions, sealed });
         }
         datanets.sort_by(|a, b| a.name.cmp(&b.name));
+        self.refresh_sealed_gauge();
         Status {
             peer_key: self.identity.public_key().to_hex(),
             peer_id: self.net.peer_id().to_string(),

@@ -382,6 +382,7 @@ impl Sim {
             params,
             record_values: Vec::new(),
             screened: Vec::new(),
+            sealed: None,
         };
         self.obs.plans.insert(seed, plan.clone());
         plan

@@ -91,7 +91,7 @@ fn manifest_for(members: Vec<PeerKey>) -> crate::manifest::Manifest {
             records_per_unit_max: 64,
             seed: 1,
         },
-        eval: EvalSuite { public_hash: BlobHash::default(), secret_commitment: BlobHash::default(), slices: vec![] },
+        eval: EvalSuite { public_hash: BlobHash::default(), sealed: vec![], slices: vec![] },
         founder: members[0],
         committee: Committee { members },
         epoch_length_secs: 3600,

@@ -360,6 +360,7 @@ mod tests {
             deferred: 0,
             reports: vec![],
             leaves: vec![CreditLeaf { contributor: PeerKey([7; 32]), credit, reward: credit * 2 }],
+            sealed: None,
         }
     }
 

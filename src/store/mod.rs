@@ -61,6 +61,9 @@ pub(crate) mod trees {
     pub const NEAR_INDEX: &str = "near_buckets";
     /// DatanetId ‖ RecordHash → MinHash signature (text Datanets).
     pub const SIGNATURES: &str = "signatures";
+    /// DatanetId → the sealed evaluation pool (committee members only; never a blob, never
+    /// served or gossiped).
+    pub const SEALED: &str = "sealed_pools";
     /// Counters.
     pub const META: &str = "meta";
 }
@@ -230,6 +233,21 @@ impl Store {
             })
             .collect();
         Ok(if hits.len() == 1 { hits.into_iter().next().map(|(id, m)| (id, m.body)) } else { None })
+    }
+
+    /// Keeps a Datanet's sealed evaluation pool (the caller checked it against the manifest's
+    /// commitment). It lives in the database, not the blob store, so no peer can fetch it.
+    pub async fn put_sealed_pool(&self, id: &DatanetId, pool: &crate::sealed::SealedPool) -> Result<(), StoreError> {
+        self.tree(trees::SEALED)?.insert(id.0, codec::encode(pool))?;
+        self.flush().await
+    }
+
+    /// The sealed evaluation pool of a Datanet, if this peer holds it.
+    pub fn sealed_pool(&self, id: &DatanetId) -> Result<Option<crate::sealed::SealedPool>, StoreError> {
+        match self.tree(trees::SEALED)?.get(id.0)? {
+            None => Ok(None),
+            Some(v) => codec::decode(&v).map(Some).map_err(|source| StoreError::Decode { what: "sealed pool", source }),
+        }
     }
 
     // ---- generic keyed access for other store rooms ------------------------------------------

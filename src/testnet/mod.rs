@@ -87,8 +87,11 @@ pub async fn create(dir: &Path, n: usize, manifest: &Path) -> anyhow::Result<Tes
     file.protocol.replication = TESTNET_REPLICATION;
     let base = manifest.parent().unwrap_or(Path::new("."));
     let check = |s: &str| crate::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
-    let (m, blobs) = file.into_manifest(base, ids[0].public_key(), &check)?;
+    let (mut m, blobs) = file.into_manifest(base, ids[0].public_key(), &check)?;
     crate::admission::parse_eval(&m, &blobs.public).context("eval.public")?;
+    // Every peer of the testnet is a committee member: each gets the sealed pool, as the founder
+    // would hand it over with `datanet datanet sealed export`.
+    let pool = crate::admission::sealed::seal_manifest(&mut m, blobs.secret.as_deref()).context("eval.secret")?;
     let name = m.name.clone();
     let signed = Signed::sign(m, &ids[0].signing_key());
     let id = signed.body.id();
@@ -99,6 +102,9 @@ pub async fn create(dir: &Path, n: usize, manifest: &Path) -> anyhow::Result<Tes
         let store = Store::open(p).await?;
         store.put_blob(blobs.public.clone()).await?;
         store.put_manifest(&signed).await?;
+        if let Some(pool) = &pool {
+            store.put_sealed_pool(&id, pool).await?;
+        }
         store.close().await?;
         let seeds = if i == 0 { String::new() } else { format!("{seed:?}") };
         let cfg = format!(

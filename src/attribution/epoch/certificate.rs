@@ -169,10 +169,15 @@ pub struct Attestation {
     pub reports: Vec<Report>,
     /// One leaf per contributor, sorted by key.
     pub leaves: Vec<CreditLeaf>,
+    /// The sealed evaluation split this epoch measured on, revealed (records, salts, Merkle
+    /// paths, the revealed-index bitmaps): present exactly when the manifest has a sealed pool.
+    /// Not under the signatures: it is checked against the manifest's commitment and the epoch
+    /// seed instead ([`crate::sealed::verify_reveal`]), which leave one valid reveal per epoch.
+    pub sealed: Option<crate::sealed::Reveal>,
 }
 
 impl Canonical for Attestation {
-    const TAG: &'static [u8] = b"datanet/epoch/attestation/v1";
+    const TAG: &'static [u8] = b"datanet/epoch/attestation/v2";
     const MAX_BYTES: usize = EPOCH_MESSAGE_BYTES_MAX - 256;
 }
 
@@ -197,6 +202,10 @@ pub enum VerifyAttestationError {
     Chain { got: String, want: String },
     #[error("epoch {got} does not follow the previous attestation's epoch {prev}")]
     EpochOrder { got: u64, prev: u64 },
+    #[error("sealed evaluation: {0}")]
+    Sealed(&'static str),
+    #[error("sealed evaluation reveal: {0}")]
+    Reveal(#[from] crate::sealed::RevealError),
 }
 
 /// The report set root: Merkle root over `H(job ‖ reporter ‖ utility)` in (job, reporter) order.
@@ -269,6 +278,29 @@ impl Attestation {
         let got = credit_root(&self.leaves);
         if got != s.credit_root {
             return Err(E::CreditRoot { got: got.to_hex(), want: s.credit_root.to_hex() });
+        }
+        match (&self.sealed, manifest.eval.sealed.is_empty()) {
+            (None, true) => {}
+            (Some(_), true) => {
+                return Err(E::Sealed("the manifest has no sealed pool, but the attestation reveals one"));
+            }
+            (None, false) => {
+                return Err(E::Sealed("the manifest has a sealed pool, but the attestation reveals no split"));
+            }
+            (Some(r), false) => {
+                let prev_reveal = match prev {
+                    Some(p) => Some(p.sealed.as_ref().ok_or(E::Sealed("the previous attestation reveals no split"))?),
+                    None => None,
+                };
+                let seed = super::assign::epoch_seed(i);
+                crate::sealed::verify_reveal(
+                    &manifest.eval.sealed,
+                    manifest.protocol.sealed_split,
+                    &seed,
+                    r,
+                    prev_reveal,
+                )?;
+            }
         }
         if let Some(p) = prev {
             if s.prev_attestation != p.hash() {

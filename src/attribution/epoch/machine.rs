@@ -843,6 +843,7 @@ impl EpochMachine {
             deferred: self.deferred,
             reports: outcome.reports.clone(),
             leaves: outcome.scores.leaves.clone(),
+            sealed: self.plan.as_ref().and_then(|p| p.sealed.clone()),
         };
         let standing_lost = outcome.standing_lost.clone();
         self.attestation = Some(att.clone());

@@ -77,6 +77,7 @@ mod tests {
             contributors: keys.iter().map(|k| ContributorSummary { contributor: *k, ..Default::default() }).collect(),
             record_values: vec![],
             screened: vec![],
+            sealed: None,
         }
     }
 
