@@ -282,3 +282,56 @@ fn crash_during_contribution_is_all_or_nothing() {
         assert_eq!(new, 60_000, "records of killed runs counted as duplicates");
     }
 }
+
+// The sealed pool through the CLI: `create` commits to it and keeps it off the blob store, `sealed export` writes a private file, a member's `sealed import` checks it against the manifest (a tampered or foreign file is refused and nothing stored), `sealed status` reports what is left.
+#[test]
+fn sealed_pool_export_import_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let founder = tmp.path().join("founder");
+    let member = tmp.path().join("member");
+    ok(&founder, &["init"]);
+    ok(&member, &["init"]);
+    let m = root().join("config/datanets/instruct.toml");
+    let out = ok(&founder, &["datanet", "create", "--from", m.to_str().unwrap()]);
+    assert!(out.contains("248 records committed"), "{out}");
+    // The founder's blob store holds the public file only: the sealed records are not a blob.
+    let blobs = {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let s = Store::open(&founder).await.unwrap();
+            let n = s.blobs().list().hashes().await.unwrap().len();
+            s.close().await.unwrap();
+            n
+        })
+    };
+    assert_eq!(blobs, 1, "only the public evaluation file is a blob");
+    let status = ok(&founder, &["datanet", "sealed", "status", "instruct-demo"]);
+    assert!(status.contains("common") && status.contains("48 of 48") && status.contains("epochs left 6"), "{status}");
+    let pool = tmp.path().join("pool.bin");
+    ok(&founder, &["datanet", "sealed", "export", "instruct-demo", "--out", pool.to_str().unwrap()]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&pool).unwrap().permissions().mode() & 0o777, 0o600);
+    let manifest = tmp.path().join("manifest.bin");
+    ok(&founder, &["datanet", "export", "instruct-demo", "--out", manifest.to_str().unwrap()]);
+    ok(&member, &["datanet", "import", manifest.to_str().unwrap()]);
+    let before = digest(&member);
+    let mut tampered = std::fs::read(&pool).unwrap();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 1;
+    let bad = write(tmp.path(), "bad.bin", &tampered);
+    let o = dn(&member, &["datanet", "sealed", "import", "instruct-demo", &bad]);
+    assert!(!o.status.success(), "a tampered pool must be refused");
+    // A pool sealed for another Datanet (another founder's key) does not match this manifest.
+    let other = tmp.path().join("other");
+    ok(&other, &["init"]);
+    ok(&other, &["datanet", "create", "--from", m.to_str().unwrap()]);
+    let other_pool = tmp.path().join("other.bin");
+    ok(&other, &["datanet", "sealed", "export", "instruct-demo", "--out", other_pool.to_str().unwrap()]);
+    fails(&member, &["datanet", "sealed", "import", "instruct-demo", other_pool.to_str().unwrap()], "does not match");
+    assert_eq!(digest(&member), before, "refused pools store nothing");
+    let s = ok(&member, &["datanet", "sealed", "status", "instruct-demo"]);
+    assert!(s.contains("held here   no"), "{s}");
+    ok(&member, &["datanet", "sealed", "import", "instruct-demo", pool.to_str().unwrap()]);
+    let s = ok(&member, &["datanet", "sealed", "status", "instruct-demo"]);
+    assert!(s.contains("held here   yes"), "{s}");
+}
