@@ -25,6 +25,7 @@ pub const KINDS: &[&str] = &[
     "catchup-request",
     "catchup-response",
     "sealed-pool",
+    "epoch-frame",
 ];
 
 fn plain<T: Canonical>(bytes: &[u8]) -> Result<(), String> {
@@ -79,6 +80,7 @@ pub fn decode_as(kind: &str, bytes: &[u8]) -> Result<(), String> {
             cbor::<crate::net::catchup::CatchupResponse>(bytes, crate::net::catchup::RESPONSE_BYTES_MAX)
         }
         "sealed-pool" => plain::<crate::sealed::SealedPool>(bytes),
+        "epoch-frame" => plain::<crate::daemon::wire::EpochFrame>(bytes),
         other => Err(format!("unknown kind `{other}` (one of {})", KINDS.join(", "))),
     }
 }

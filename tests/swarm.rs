@@ -227,6 +227,19 @@ async fn hostile_gossip_is_rejected_and_scored() {
     let (mut victim, mut hostile) = victim_and_hostile(tmp.path(), &m, |_| {}).await;
     let evil = Identity::from_seed([66; 32]);
     let hn = hostile.h().net().clone();
+    // A re-sent epoch message (byte-identical signed body, as every rebroadcast is) leaves the
+    // node again in a new frame, where gossipsub would drop the bare repeat as a duplicate (a
+    // message for a later epoch: ignored, so the sender keeps its score for what follows).
+    let later = datanet::attribution::epoch::messages::Witness { datanet: d, epoch: 5, pending: 0, seen: vec![] };
+    let later = datanet::attribution::epoch::EpochMessage::Witness(Box::new(Signed::sign(later, &evil.signing_key())));
+    let vm = victim.h().metrics().clone();
+    for sent in [1, 2] {
+        hn.publish(d, TopicKind::Epochs, datanet::daemon::wire::EpochFrame::encode(sent, &later)).await.unwrap();
+    }
+    wait_until("both frames of the re-sent message delivered", WAIT, || async {
+        vm.epoch_messages.load(Ordering::Relaxed) >= 2
+    })
+    .await;
     let limit = Config::default().net.gossip_message_bytes_max as usize;
     // Oversize (under the transport limit, over the payload limit).
     hn.publish(d, TopicKind::Contributions, vec![7u8; limit + 100]).await.unwrap();
@@ -248,8 +261,7 @@ async fn hostile_gossip_is_rejected_and_scored() {
     // epoch that has not started here.
     let w = datanet::attribution::epoch::messages::Witness { datanet: d, epoch: 1, pending: 0, seen: vec![] };
     let mint = datanet::attribution::epoch::EpochMessage::Witness(Box::new(Signed::sign(w, &evil.signing_key())));
-    hn.publish(d, TopicKind::Epochs, codec::encode(&mint)).await.unwrap();
-    let vm = victim.h().metrics().clone();
+    hn.publish(d, TopicKind::Epochs, datanet::daemon::wire::EpochFrame::encode(3, &mint)).await.unwrap();
     wait_until("every rejection counted", WAIT, || async { RejectReason::ALL.iter().all(|r| vm.rejected(*r) >= 1) })
         .await;
     wait_until("hostile peer score below zero", WAIT, || async {

@@ -282,14 +282,53 @@ pub(super) struct Epochs {
     running: HashMap<DatanetId, Running>,
     errors: HashMap<DatanetId, String>,
     last_refresh: Instant,
+    /// The last [`EpochFrame::sent`] this daemon published (starts at the wall clock, so it keeps
+    /// increasing across restarts).
+    sent: u64,
+    /// Inner epoch message hash → when this daemon last let a frame of it propagate: a message
+    /// re-framed faster than half the rebroadcast period is processed but not forwarded, so a
+    /// relay re-wrapping someone's message cannot amplify it.
+    forwarded: HashMap<[u8; 32], u64>,
 }
+
+/// Most inner messages [`Epochs::forwarded`] remembers before it starts afresh.
+const FORWARDED_MAX: usize = 16_384;
 
 /// How often a machine still freezing learns of newly held contributions.
 const INPUT_REFRESH: Duration = Duration::from_secs(1);
 
 impl Epochs {
     pub(super) fn new() -> Self {
-        Epochs { origin: Instant::now(), running: HashMap::new(), errors: HashMap::new(), last_refresh: Instant::now() }
+        Epochs {
+            origin: Instant::now(),
+            running: HashMap::new(),
+            errors: HashMap::new(),
+            last_refresh: Instant::now(),
+            sent: unix_ms(),
+            forwarded: HashMap::new(),
+        }
+    }
+
+    /// The next publish counter.
+    fn next_sent(&mut self) -> u64 {
+        self.sent = self.sent.max(unix_ms()).saturating_add(1);
+        self.sent
+    }
+
+    /// Whether a frame of `inner` may propagate now (`period_ms`: half the rebroadcast period).
+    fn may_forward(&mut self, inner: &[u8], period_ms: u64) -> bool {
+        let now = self.now_ms();
+        let h = *blake3::hash(inner).as_bytes();
+        match self.forwarded.get(&h) {
+            Some(&t) if now < t.saturating_add(period_ms) => false,
+            _ => {
+                if self.forwarded.len() >= FORWARDED_MAX {
+                    self.forwarded.clear();
+                }
+                self.forwarded.insert(h, now);
+                true
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -496,6 +535,24 @@ impl DaemonActor {
     }
 
     /// The seam for epoch agreement: gossip bytes on `datanet/<id>/epochs`.
+    /// An epoch-topic frame: the inner message goes to [`Self::on_epoch_bytes`]; a valid one
+    /// propagates unless a frame of the same message did within half the rebroadcast period.
+    pub(super) async fn on_epoch_frame(&mut self, d: DatanetId, from: PeerId, data: &[u8]) -> MessageAcceptance {
+        let Some(m) = self.joined.get(&d) else { return MessageAcceptance::Ignore };
+        let period = m.protocol.rebroadcast_ms / 2;
+        let frame: super::wire::EpochFrame = match codec::decode(data) {
+            Ok(f) => f,
+            Err(_) => {
+                self.metrics.reject(super::metrics::RejectReason::Malformed);
+                return MessageAcceptance::Reject;
+            }
+        };
+        match self.on_epoch_bytes(d, from, &frame.message).await {
+            MessageAcceptance::Accept if !self.epochs.may_forward(&frame.message, period) => MessageAcceptance::Ignore,
+            other => other,
+        }
+    }
+
     pub(super) async fn on_epoch_bytes(&mut self, d: DatanetId, from: PeerId, data: &[u8]) -> MessageAcceptance {
         if !self.joined.contains_key(&d) {
             return MessageAcceptance::Ignore;
@@ -674,7 +731,8 @@ impl DaemonActor {
         for a in actions {
             match a {
                 Action::Broadcast(m) => {
-                    if let Err(e) = self.net.publish(d, TopicKind::Epochs, codec::encode(&m)).await {
+                    let frame = super::wire::EpochFrame::encode(self.epochs.next_sent(), &m);
+                    if let Err(e) = self.net.publish(d, TopicKind::Epochs, frame).await {
                         tracing::debug!(target: "datanet::daemon::epoch", error = %e, "epoch message not published");
                     }
                 }

@@ -623,11 +623,12 @@ impl DaemonActor {
     /// The seam for epoch agreement: validated here, then handed to the state machine.
     async fn on_epoch_message(&mut self, datanet: DatanetId, from: PeerId, data: &[u8]) -> MessageAcceptance {
         DaemonMetrics::inc(&self.metrics.epoch_messages);
-        if data.len() > self.cfg.net.epoch_message_bytes_max as usize {
+        // The frame adds a counter and a length to the message.
+        if data.len() > self.cfg.net.epoch_message_bytes_max as usize + 32 {
             self.metrics.reject(RejectReason::Oversize);
             return MessageAcceptance::Reject;
         }
-        self.on_epoch_bytes(datanet, from, data).await
+        self.on_epoch_frame(datanet, from, data).await
     }
 
     /// Checks an announced contribution before anything is fetched. `Err(Some)` is a Reject.
