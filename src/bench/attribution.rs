@@ -1465,7 +1465,10 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
             extra.push(("units_mixed_credited".into(), mixed_credited));
             extra.push(("units_junk_only_credited".into(), junk_only_credited));
             extra.push(("honest_records_in_mixed_units".into(), honest_records_mixed));
-            extra.push(("junk_credit_from_mixed_fraction".into(), ratio(junk_mixed, junk_mixed + junk_alone)));
+            extra.push((
+                "junk_credit_from_mixed_fraction".into(),
+                if junk_mixed + junk_alone == 0.0 { 0.0 } else { junk_mixed / (junk_mixed + junk_alone) },
+            ));
             total / base_total
         }
         "S4" => {
@@ -2084,7 +2087,10 @@ mod tests {
     // S14 reduced, the reward target (honest reward kept >= 95 %). Fails today: the junk lands in
     // the honest records' content units, and a unit's credit is split by record weight between
     // its owners, so junk sharing a valuable unit takes part of it (measured: 0.56 kept, all of
-    // the junk's credit from units shared with honest records; docs/BENCHMARKS.md).
+    // the junk's credit from units shared with honest records). With the full flood (≈ 2,040 junk
+    // contributions in the input set) the junk earns nothing but the honest units drown: 65 units
+    // in T = 256 jobs, most honest units under the noise floor, the rest capped (0.33 kept on
+    // average, 0 in one seed; docs/BENCHMARKS.md).
     #[test]
     #[ignore = "fails: junk sharing honest units takes their credit (issue 13, S14)"]
     fn reduced_s14_flood_keeps_honest_reward() {
