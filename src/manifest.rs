@@ -298,6 +298,53 @@ impl Manifest {
     pub fn epoch_opens_ms(&self, epoch: u64) -> u64 {
         self.protocol.epoch_opens_ms(self.genesis_ms, self.epoch_length_secs, epoch)
     }
+
+    /// Checks a sealed-pool extension: signed by this Datanet's founder, for this Datanet, adding
+    /// parts of declared slices (each 1 ..= `PART_RECORDS_MAX` records), from epoch 1 on at least.
+    pub fn check_extension(&self, ext: &crate::sealed::SignedExtension) -> Result<(), String> {
+        if self.eval.sealed.is_empty() {
+            return Err(format!("datanet {} has no sealed pool to extend", self.name));
+        }
+        if ext.signer != self.founder || ext.verify_by(&self.founder).is_err() {
+            return Err(format!("not signed by datanet {}'s founder {}", self.name, self.founder.short()));
+        }
+        if ext.body.datanet != self.id() {
+            return Err(format!("for datanet {}, not {}", ext.body.datanet.short(), self.id().short()));
+        }
+        if ext.body.from_epoch == 0 || ext.body.parts.is_empty() {
+            return Err("needs a first epoch of at least 1 and at least one part".into());
+        }
+        for p in &ext.body.parts {
+            if !self.eval.slices.iter().any(|s| s.name == p.slice) {
+                return Err(format!("slice `{}` is not one of the manifest's eval.slices", p.slice));
+            }
+            if p.count == 0 || p.count > crate::sealed::PART_RECORDS_MAX {
+                return Err(format!("slice `{}`: {} records", p.slice, p.count));
+            }
+        }
+        Ok(())
+    }
+
+    /// The sealed parts epoch `epoch` draws from: the manifest's, then those of the extensions in
+    /// effect (`extensions` must be exactly [`crate::sealed::in_effect`] of what is known, each
+    /// valid), and at most `PARTS_MAX` in all.
+    pub fn sealed_parts(
+        &self,
+        extensions: &[crate::sealed::SignedExtension],
+        epoch: u64,
+    ) -> Result<Vec<crate::sealed::SealedPart>, String> {
+        for e in extensions {
+            self.check_extension(e)?;
+        }
+        if crate::sealed::in_effect(extensions, epoch) != extensions || extensions.windows(2).any(|w| w[0] == w[1]) {
+            return Err(format!("extensions not in effect at epoch {epoch}, repeated or out of order"));
+        }
+        let parts = crate::sealed::parts_with(&self.eval.sealed, extensions);
+        if parts.len() > crate::sealed::PARTS_MAX {
+            return Err(format!("{} sealed parts, over {}", parts.len(), crate::sealed::PARTS_MAX));
+        }
+        Ok(parts)
+    }
 }
 
 /// Why a manifest file was refused; every variant names the key to fix.

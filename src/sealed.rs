@@ -22,8 +22,8 @@
 //! Pure: no I/O. Parsing the pool's records is `admission::sealed`; storing the pool file is the
 //! store's (`Store::put_sealed_pool`).
 
-use crate::codec::Canonical;
-use crate::ids::MerkleRoot;
+use crate::codec::{Canonical, Signed};
+use crate::ids::{DatanetId, MerkleRoot};
 use crate::merkle;
 use serde::{Deserialize, Serialize};
 
@@ -46,12 +46,32 @@ pub struct SealedPart {
     pub root: MerkleRoot,
 }
 
-/// The pool file a committee member holds: the salt key and, per part, its canonical records
-/// (JSON bytes without the `slice` field), in the order the manifest commits to.
+/// The founder's signed extension of a Datanet's sealed pool: more parts, drawn from epoch
+/// `from_epoch` on. A manifest's id is the hash of its body, so the pool grows by these
+/// instead of by a new manifest; an attestation carries the extensions it used (in its reveal).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedExtension {
+    pub datanet: DatanetId,
+    pub from_epoch: u64,
+    pub parts: Vec<SealedPart>,
+}
+
+impl Canonical for SealedExtension {
+    const TAG: &'static [u8] = b"datanet/sealed-extension/v1";
+    const MAX_BYTES: usize = 64 * 1024;
+}
+
+/// A founder-signed [`SealedExtension`].
+pub type SignedExtension = Signed<SealedExtension>;
+
+/// The pool file a committee member holds: the salt key, per part its canonical records (JSON
+/// bytes without the `slice` field) in the order the manifest and then its extensions commit to,
+/// and the founder's signed extensions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedPool {
     pub key: [u8; 32],
     pub parts: Vec<PoolPart>,
+    pub extensions: Vec<SignedExtension>,
 }
 
 /// One slice's sealed records.
@@ -66,10 +86,17 @@ impl Canonical for SealedPool {
     const MAX_BYTES: usize = 64 << 20;
 }
 
-/// What an attestation reveals: one entry per committed part, in the manifest's order.
+/// What an attestation reveals: the extensions in effect for its epoch, and one entry per part
+/// they and the manifest commit to, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reveal {
+    pub extensions: Vec<SignedExtension>,
     pub parts: Vec<PartReveal>,
+}
+
+impl Canonical for Reveal {
+    const TAG: &'static [u8] = b"datanet/sealed-reveal/v1";
+    const MAX_BYTES: usize = crate::attribution::epoch::messages::EPOCH_MESSAGE_BYTES_MAX;
 }
 
 /// One part's reveal.
@@ -111,6 +138,22 @@ pub enum RevealError {
     Proof { slice: String, index: u32, error: merkle::ProofError },
     #[error("part `{slice}`: the bitmap before this epoch differs from the previous attestation's")]
     Chain { slice: String },
+    #[error("the previous attestation draws from {prev} parts, this one from {now}")]
+    PartsShrank { prev: usize, now: usize },
+    #[error("extension: {0}")]
+    Extension(String),
+}
+
+/// The extensions of `all` in effect at `epoch` (from_epoch ≤ epoch), in (from_epoch, hash) order.
+pub fn in_effect(all: &[SignedExtension], epoch: u64) -> Vec<SignedExtension> {
+    let mut v: Vec<SignedExtension> = all.iter().filter(|e| e.body.from_epoch <= epoch).cloned().collect();
+    v.sort_by_key(|e| (e.body.from_epoch, *crate::codec::hash(&e.body).as_bytes()));
+    v
+}
+
+/// The parts an epoch draws from: the manifest's, then each extension's, in order.
+pub fn parts_with(manifest_parts: &[SealedPart], extensions: &[SignedExtension]) -> Vec<SealedPart> {
+    manifest_parts.iter().cloned().chain(extensions.iter().flat_map(|e| e.body.parts.iter().cloned())).collect()
 }
 
 /// The salt of record `index` of part `part` under the pool's key.
@@ -149,16 +192,16 @@ impl SealedPool {
             .collect()
     }
 
-    /// Whether this pool is the one `parts` commits to (what `sealed import` checks).
+    /// Whether this pool is the one `parts` (the manifest's, then its extensions') commits to
+    /// (what `sealed import` checks).
     pub fn matches(&self, parts: &[SealedPart]) -> bool {
         self.commitment() == parts
     }
 
-    /// The reveal of `split` (per part, sorted indices) after `before` (per part, the bitmap of
-    /// indices revealed by earlier epochs).
-    pub fn reveal(&self, before: &[Vec<u8>], split: &[Vec<u32>]) -> Reveal {
-        let parts = self
-            .parts
+    /// The reveal of `split` (per part in effect, sorted indices) after `before` (per part, the
+    /// bitmap of indices revealed by earlier epochs), drawing from the first `split.len()` parts.
+    pub fn reveal(&self, extensions: &[SignedExtension], before: &[Vec<u8>], split: &[Vec<u32>]) -> Reveal {
+        let parts = self.parts[..split.len()]
             .iter()
             .enumerate()
             .map(|(p, part)| {
@@ -180,7 +223,7 @@ impl SealedPool {
                 PartReveal { used, opened }
             })
             .collect();
-        Reveal { parts }
+        Reveal { extensions: extensions.to_vec(), parts }
     }
 }
 
@@ -228,9 +271,20 @@ pub fn select_part(seed: &[u8; 32], p: usize, count: u32, used: &[u8], split: u3
     out
 }
 
-/// The epoch's split of every part.
+/// The epoch's split of every part: `split` records per slice, from the slice's first part with
+/// records left, continuing into its next part (an extension's) when that one runs short.
 pub fn select(seed: &[u8; 32], parts: &[SealedPart], before: &[Vec<u8>], split: u32) -> Vec<Vec<u32>> {
-    parts.iter().enumerate().map(|(p, part)| select_part(seed, p, part.count, &before[p], split)).collect()
+    let mut need: std::collections::BTreeMap<&str, u32> = parts.iter().map(|p| (p.slice.as_str(), split)).collect();
+    parts
+        .iter()
+        .enumerate()
+        .map(|(p, part)| {
+            let n = need.get_mut(part.slice.as_str()).expect("every part's slice is counted");
+            let got = select_part(seed, p, part.count, &before[p], *n);
+            *n -= got.len() as u32;
+            got
+        })
+        .collect()
 }
 
 /// Records still sealed per part after `used`.
@@ -238,9 +292,14 @@ pub fn remaining(parts: &[SealedPart], used: &[Vec<u8>]) -> Vec<u32> {
     parts.iter().zip(used).map(|(p, u)| p.count.saturating_sub(revealed_count(u))).collect()
 }
 
-/// How many more epochs the pool can feed a full split of every part (0: some part is short now).
+/// How many more epochs the pool can feed a full split of every sealed slice (its parts
+/// together; 0: some slice is short now).
 pub fn epochs_left(parts: &[SealedPart], used: &[Vec<u8>], split: u32) -> u32 {
-    remaining(parts, used).into_iter().map(|r| r / split.max(1)).min().unwrap_or(0)
+    let mut per_slice: std::collections::BTreeMap<&str, u32> = Default::default();
+    for (p, r) in parts.iter().zip(remaining(parts, used)) {
+        *per_slice.entry(p.slice.as_str()).or_default() += r;
+    }
+    per_slice.into_values().map(|r| r / split.max(1)).min().unwrap_or(0)
 }
 
 /// Checks `reveal` against the manifest's `parts` for the epoch of `seed` (`split` records per
@@ -255,6 +314,12 @@ pub fn verify_reveal(
     if reveal.parts.len() != parts.len() {
         return Err(RevealError::Parts { got: reveal.parts.len(), want: parts.len() });
     }
+    if let Some(prev) = prev {
+        if prev.parts.len() > parts.len() {
+            return Err(RevealError::PartsShrank { prev: prev.parts.len(), now: parts.len() });
+        }
+    }
+    let mut befores = Vec::with_capacity(parts.len());
     for (p, (part, r)) in parts.iter().zip(&reveal.parts).enumerate() {
         let slice = || part.slice.clone();
         let want_len = part.count.div_ceil(8) as usize;
@@ -275,11 +340,17 @@ pub fn verify_reveal(
             before[(o.index / 8) as usize] &= !(1 << (o.index % 8));
         }
         if let Some(prev) = prev {
-            if prev.parts.get(p).map(|q| &q.used) != Some(&before) {
+            // A part an extension added since the previous epoch starts with nothing revealed.
+            let fresh = bitmap_empty(part.count);
+            if prev.parts.get(p).map_or(&fresh, |q| &q.used) != &before {
                 return Err(RevealError::Chain { slice: slice() });
             }
         }
-        let want = select_part(seed, p, part.count, &before, split);
+        befores.push(before);
+    }
+    let want = select(seed, parts, &befores, split);
+    for ((part, r), want) in parts.iter().zip(&reveal.parts).zip(want) {
+        let slice = || part.slice.clone();
         let got: Vec<u32> = r.opened.iter().map(|o| o.index).collect();
         if got != want {
             return Err(RevealError::Split { slice: slice(), got, want });
@@ -313,6 +384,7 @@ mod tests {
                     records: (0..n).map(|i| format!("{{\"text\":\"r{p}-{i}\"}}").into_bytes()).collect(),
                 })
                 .collect(),
+            extensions: vec![],
         }
     }
 
@@ -324,7 +396,7 @@ mod tests {
         for e in 0..epochs {
             let seed = [e; 32];
             let s = select(&seed, &parts, &used, split);
-            let r = pool.reveal(&used, &s);
+            let r = pool.reveal(&[], &used, &s);
             used = r.parts.iter().map(|p| p.used.clone()).collect();
             out.push(r);
         }
@@ -393,6 +465,40 @@ mod tests {
         assert!(matches!(verify_reveal(&parts, 4, &[0u8; 32], &other[0], None), Err(RevealError::Proof { .. })));
         assert!(pool.matches(&parts));
         assert!(!super::tests::pool(&[20, 5], 4).matches(&parts));
+    }
+
+    // A part an extension adds for a slice is drawn from once the slice's first part runs short, starting with nothing revealed; the chain from the epoch before the extension verifies, and a reveal that drops the added part is refused.
+    #[test]
+    fn extension_parts_continue_a_slice() {
+        let mut pool = pool(&[5], 2);
+        let before_ext = pool.commitment();
+        pool.parts.push(PoolPart {
+            slice: "s0".into(),
+            records: (0..10).map(|i| format!("{{\"x\":{i}}}").into_bytes()).collect(),
+        });
+        let parts = pool.commitment();
+        assert_eq!(parts[0], before_ext[0], "adding a part leaves the earlier commitment as it was");
+        let e1 = select(&[1; 32], &before_ext, &fresh(&before_ext), 4);
+        let r1 = pool.reveal(&[], &fresh(&before_ext), &e1);
+        assert_eq!(verify_reveal(&before_ext, 4, &[1; 32], &r1, None), Ok(()));
+        let mut used: Vec<Vec<u8>> = r1.parts.iter().map(|p| p.used.clone()).collect();
+        used.push(bitmap_empty(10));
+        let e2 = select(&[2; 32], &parts, &used, 4);
+        assert_eq!(
+            (e2[0].len(), e2[1].len()),
+            (1, 3),
+            "the last record of the first part, then three of the added one"
+        );
+        let r2 = pool.reveal(&[], &used, &e2);
+        assert_eq!(verify_reveal(&parts, 4, &[2; 32], &r2, Some(&r1)), Ok(()));
+        assert_eq!(epochs_left(&parts, &r2.parts.iter().map(|p| p.used.clone()).collect::<Vec<_>>(), 4), 1);
+        let mut dropped = r2.clone();
+        dropped.parts.pop();
+        assert!(matches!(verify_reveal(&parts, 4, &[2; 32], &dropped, Some(&r1)), Err(RevealError::Parts { .. })));
+        assert!(matches!(
+            verify_reveal(&before_ext, 4, &[3; 32], &r1, Some(&r2)),
+            Err(RevealError::PartsShrank { .. })
+        ));
     }
 
     // The pool's low-water figures: remaining records per part and whole epochs left.

@@ -334,4 +334,18 @@ fn sealed_pool_export_import_status() {
     ok(&member, &["datanet", "sealed", "import", "instruct-demo", pool.to_str().unwrap()]);
     let s = ok(&member, &["datanet", "sealed", "status", "instruct-demo"]);
     assert!(s.contains("held here   yes"), "{s}");
+    // The founder extends the pool (a signed extension, drawn from epoch 2 on); a member cannot.
+    let more: String = (0..16).map(|i| format!("{{\"prompt\": \"What is the colour of sky number {i}?\", \"completion\": \"blue\", \"slice\": \"common\"}}\n")).collect();
+    let more = write(tmp.path(), "more.jsonl", more.as_bytes());
+    fails(&member, &["datanet", "sealed", "extend", "instruct-demo", &more], "only the founder");
+    fails(&founder, &["datanet", "sealed", "extend", "instruct-demo", &more, "--from-epoch", "1"], "give 2 or later");
+    let out = ok(&founder, &["datanet", "sealed", "extend", "instruct-demo", &more]);
+    assert!(out.contains("by 16 records, drawn from epoch 2"), "{out}");
+    let s = ok(&founder, &["datanet", "sealed", "status", "instruct-demo"]);
+    assert!(s.contains("16 of 16") && s.contains("epochs left 8"), "{s}");
+    // The grown pool imports at the member (checked against the manifest plus the signed extension).
+    ok(&founder, &["datanet", "sealed", "export", "instruct-demo", "--out", pool.to_str().unwrap()]);
+    ok(&member, &["datanet", "sealed", "import", "instruct-demo", pool.to_str().unwrap()]);
+    let s = ok(&member, &["datanet", "sealed", "status", "instruct-demo"]);
+    assert!(s.contains("epochs left 8"), "{s}");
 }

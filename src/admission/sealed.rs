@@ -11,6 +11,11 @@ use serde_json::Value;
 /// pool under `key`: one part per slice holding records, in the manifest's slice order, records
 /// in file order. The manifest's `eval.sealed` is then `pool.commitment()`.
 pub fn seal_pool(manifest: &Manifest, bytes: &[u8], key: [u8; 32]) -> Result<SealedPool, AdmitError> {
+    Ok(SealedPool { key, parts: pool_parts(manifest, bytes)?, extensions: Vec::new() })
+}
+
+/// A sealed evaluation file's records as parts, one per slice holding records (manifest order).
+fn pool_parts(manifest: &Manifest, bytes: &[u8]) -> Result<Vec<PoolPart>, AdmitError> {
     let records = parse_eval(manifest, bytes).map_err(|e| rename(e, "sealed evaluation file"))?;
     let mut parts = Vec::new();
     for s in &manifest.eval.slices {
@@ -23,7 +28,39 @@ pub fn seal_pool(manifest: &Manifest, bytes: &[u8], key: [u8; 32]) -> Result<Sea
         }
         parts.push(PoolPart { slice: s.name.clone(), records: recs });
     }
-    Ok(SealedPool { key, parts })
+    Ok(parts)
+}
+
+/// Extends `pool` (the founder's) with the records of another sealed file, drawn from epoch
+/// `from_epoch` on: the new parts join the pool under its key and the founder signs the
+/// extension that commits to them. `from_epoch` must come after every earlier extension's.
+pub fn extend_pool(
+    manifest: &Manifest,
+    pool: &mut SealedPool,
+    bytes: &[u8],
+    from_epoch: u64,
+    founder: &ed25519_dalek::SigningKey,
+) -> Result<sealed::SignedExtension, String> {
+    if let Some(last) = pool.extensions.last() {
+        if from_epoch <= last.body.from_epoch {
+            return Err(format!(
+                "the last extension is drawn from epoch {}; a new one must start later",
+                last.body.from_epoch
+            ));
+        }
+    }
+    let new = pool_parts(manifest, bytes).map_err(|e| e.to_string())?;
+    let at = pool.parts.len();
+    pool.parts.extend(new);
+    let parts = pool.commitment()[at..].to_vec();
+    let ext =
+        crate::codec::Signed::sign(sealed::SealedExtension { datanet: manifest.id(), from_epoch, parts }, founder);
+    if let Err(e) = manifest.check_extension(&ext) {
+        pool.parts.truncate(at);
+        return Err(e);
+    }
+    pool.extensions.push(ext.clone());
+    Ok(ext)
 }
 
 /// Seals `secret` (the manifest file's `eval.secret`, when it has one) under a fresh random key
@@ -50,12 +87,18 @@ pub fn check_pool(manifest: &Manifest, pool: &SealedPool) -> Result<(), String> 
     if manifest.eval.sealed.is_empty() {
         return Err(format!("datanet {} has no sealed evaluation pool", manifest.name));
     }
+    for (i, e) in pool.extensions.iter().enumerate() {
+        manifest.check_extension(e).map_err(|e| format!("extension {}: {e}", i + 1))?;
+    }
+    if pool.extensions.windows(2).any(|w| w[0].body.from_epoch >= w[1].body.from_epoch) {
+        return Err("the pool's extensions are not in order of their first epoch".into());
+    }
     for part in &pool.parts {
         for (i, r) in part.records.iter().enumerate() {
             record_of(manifest, &part.slice, r).map_err(|e| format!("slice `{}` record {}: {e}", part.slice, i + 1))?;
         }
     }
-    if !pool.matches(&manifest.eval.sealed) {
+    if !pool.matches(&sealed::parts_with(&manifest.eval.sealed, &pool.extensions)) {
         return Err(format!(
             "this pool does not match datanet {}'s sealed commitment (another pool, or another Datanet's)",
             manifest.name
@@ -78,7 +121,7 @@ fn record_of(manifest: &Manifest, slice: &str, bytes: &[u8]) -> Result<EvalRecor
 pub fn opened_records(manifest: &Manifest, reveal: &Reveal) -> Result<Vec<EvalRecord>, AdmitError> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    for (part, r) in manifest.eval.sealed.iter().zip(&reveal.parts) {
+    for (part, r) in sealed::parts_with(&manifest.eval.sealed, &reveal.extensions).iter().zip(&reveal.parts) {
         for o in &r.opened {
             match record_of(manifest, &part.slice, &o.record) {
                 Ok(e) => out.push(e),

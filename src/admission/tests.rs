@@ -281,7 +281,7 @@ fn measured_eval_is_the_split_plus_unsealed_slices() {
     let public = parse_eval(&m, &std::fs::read(examples.join("instruct.eval.jsonl")).unwrap()).unwrap();
     let before = crate::sealed::fresh(&m.eval.sealed);
     let split = crate::sealed::select(&[5; 32], &m.eval.sealed, &before, 8);
-    let reveal = pool.reveal(&before, &split);
+    let reveal = pool.reveal(&[], &before, &split);
     let opened = sealed::opened_records(&m, &reveal).unwrap();
     assert_eq!(opened.len(), 16);
     let eval = sealed::measured_eval(&public, &opened);

@@ -53,6 +53,16 @@ pub enum SealedCmd {
     Import { datanet: String, file: PathBuf },
     /// Records still sealed per slice and epochs of splits left (revealed ones are in the ledger).
     Status { datanet: String },
+    /// The founder adds the records of another sealed file (the public file's format) to the
+    /// pool, drawn from epoch `--from-epoch` on (default: the epoch after the next), and signs the
+    /// extension; `sealed export` then hands the grown pool to the members, who `sealed import`
+    /// it before that epoch.
+    Extend {
+        datanet: String,
+        file: PathBuf,
+        #[arg(long)]
+        from_epoch: Option<u64>,
+    },
 }
 
 pub(crate) async fn open_store(g: &Global) -> anyhow::Result<(Identity, Store)> {
@@ -73,7 +83,7 @@ pub async fn run_datanet(cmd: DatanetCmd, g: &Global) -> anyhow::Result<()> {
     let (identity, store) = open_store(g).await?;
     let r = match cmd {
         DatanetCmd::Create { from } => create(&store, &identity, &from, g).await,
-        DatanetCmd::Sealed { cmd } => sealed_cmd(&store, cmd, g).await,
+        DatanetCmd::Sealed { cmd } => sealed_cmd(&store, &identity, cmd, g).await,
         DatanetCmd::Show { datanet } => {
             let (id, m) = resolve(&store, &datanet)?;
             if g.json {
@@ -163,7 +173,7 @@ async fn create(store: &Store, identity: &Identity, from: &std::path::Path, g: &
 }
 
 /// `datanet datanet sealed …`
-async fn sealed_cmd(store: &Store, cmd: SealedCmd, g: &Global) -> anyhow::Result<()> {
+async fn sealed_cmd(store: &Store, identity: &Identity, cmd: SealedCmd, g: &Global) -> anyhow::Result<()> {
     match cmd {
         SealedCmd::Export { datanet, out } => {
             let (id, m) = resolve(store, &datanet)?;
@@ -187,6 +197,34 @@ async fn sealed_cmd(store: &Store, cmd: SealedCmd, g: &Global) -> anyhow::Result
             admission::sealed::check_pool(&m, &pool).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             store.put_sealed_pool(&id, &pool).await?;
             println!("imported the sealed evaluation pool of {} (matches the manifest's commitment)", m.name);
+            Ok(())
+        }
+        SealedCmd::Extend { datanet, file, from_epoch } => {
+            let (id, m) = resolve(store, &datanet)?;
+            if identity.public_key() != m.founder {
+                bail!("only the founder of {} ({}) can extend its sealed pool", m.name, m.founder.short());
+            }
+            let mut pool = store
+                .sealed_pool(&id)?
+                .ok_or_else(|| anyhow::anyhow!("this peer does not hold the sealed pool of {}", m.name))?;
+            let head = crate::store::ledger::Ledger::open(store.db()).head(&id)?.map_or(0, |h| h.epoch);
+            let from = from_epoch.unwrap_or(head + 2);
+            if from < head + 2 {
+                bail!(
+                    "--from-epoch {from}: the ledger is at epoch {head}, and epoch {} may be running already; give {} or later",
+                    head + 1,
+                    head + 2
+                );
+            }
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let ext = admission::sealed::extend_pool(&m, &mut pool, &bytes, from, &identity.signing_key())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            store.put_sealed_pool(&id, &pool).await?;
+            let added: u32 = ext.body.parts.iter().map(|p| p.count).sum();
+            println!(
+                "extended the sealed pool of {} by {added} records, drawn from epoch {from} on; hand it to every member again with `datanet datanet sealed export {} --out FILE`",
+                m.name, m.name
+            );
             Ok(())
         }
         SealedCmd::Status { datanet } => {

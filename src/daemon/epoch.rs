@@ -926,23 +926,42 @@ fn sealed_split(
             m.name, m.name
         )
     })?;
-    let before = sealed_used(store, m, epoch)?;
-    let split = crate::sealed::select(seed, &m.eval.sealed, &before, m.protocol.sealed_split);
-    let reveal = pool.reveal(&before, &split);
+    // The founder's extensions in effect for this epoch add parts after the manifest's.
+    let extensions = crate::sealed::in_effect(&pool.extensions, epoch);
+    let parts = m.sealed_parts(&extensions, epoch)?;
+    let before = sealed_used(store, m, epoch, &parts)?;
+    let split = crate::sealed::select(seed, &parts, &before, m.protocol.sealed_split);
+    let reveal = pool.reveal(&extensions, &before, &split);
     let opened = admission::sealed::opened_records(m, &reveal).map_err(|e| e.to_string())?;
     Ok(Some((reveal, opened)))
 }
 
-/// The sealed pool's revealed-index bitmaps before `epoch`: the previous attestation's.
-pub fn sealed_used(store: &Store, m: &Manifest, epoch: u64) -> Result<Vec<Vec<u8>>, String> {
+/// The revealed-index bitmaps of `parts` before `epoch`: the previous attestation's, and none
+/// revealed of a part an extension added since.
+pub fn sealed_used(
+    store: &Store,
+    m: &Manifest,
+    epoch: u64,
+    parts: &[crate::sealed::SealedPart],
+) -> Result<Vec<Vec<u8>>, String> {
     let d = m.id();
     let ledger = Ledger::open(store.db());
     match ledger.head(&d).map_err(|e| e.to_string())? {
-        None if epoch == FIRST_EPOCH => Ok(crate::sealed::fresh(&m.eval.sealed)),
+        None if epoch == FIRST_EPOCH => Ok(crate::sealed::fresh(parts)),
         Some(h) if h.epoch + 1 == epoch => {
             let a = ledger.attestation(&d, h.epoch).map_err(|e| e.to_string())?.ok_or("head attestation missing")?;
             let r = a.sealed.ok_or(format!("the attestation of epoch {} reveals no sealed split", h.epoch))?;
-            Ok(r.parts.into_iter().map(|p| p.used).collect())
+            let mut used: Vec<Vec<u8>> = r.parts.into_iter().map(|p| p.used).collect();
+            if used.len() > parts.len() {
+                return Err(format!(
+                    "epoch {} drew from {} sealed parts, epoch {epoch} from {}",
+                    h.epoch,
+                    used.len(),
+                    parts.len()
+                ));
+            }
+            used.extend(parts[used.len()..].iter().map(|p| crate::sealed::bitmap_empty(p.count)));
+            Ok(used)
         }
         head => Err(format!(
             "epoch {epoch} needs the attestation of epoch {} to choose its sealed split; the ledger's head is {}",
@@ -975,14 +994,28 @@ pub struct SealedPartStatus {
 
 /// The sealed pool's state after this peer's ledger head.
 pub fn sealed_status(store: &Store, m: &Manifest) -> Result<SealedStatus, String> {
-    let parts = &m.eval.sealed;
-    let head = Ledger::open(store.db()).head(&m.id()).map_err(|e| e.to_string())?;
-    let used =
-        if parts.is_empty() { Vec::new() } else { sealed_used(store, m, head.map_or(FIRST_EPOCH, |h| h.epoch + 1))? };
-    let remaining = crate::sealed::remaining(parts, &used);
-    let epochs_left = crate::sealed::epochs_left(parts, &used, m.protocol.sealed_split);
+    let ledger = Ledger::open(store.db());
+    let head = ledger.head(&m.id()).map_err(|e| e.to_string())?;
+    let pool = store.sealed_pool(&m.id()).map_err(|e| e.to_string())?;
+    // Every extension known here: the pool's (a member's), else the ledger head's reveal's.
+    let extensions = match &pool {
+        Some(p) => p.extensions.clone(),
+        None => head
+            .and_then(|h| ledger.attestation(&m.id(), h.epoch).ok().flatten())
+            .and_then(|a| a.sealed)
+            .map(|r| r.extensions)
+            .unwrap_or_default(),
+    };
+    let parts = crate::sealed::parts_with(&m.eval.sealed, &extensions);
+    let used = if parts.is_empty() {
+        Vec::new()
+    } else {
+        sealed_used(store, m, head.map_or(FIRST_EPOCH, |h| h.epoch + 1), &parts)?
+    };
+    let remaining = crate::sealed::remaining(&parts, &used);
+    let epochs_left = crate::sealed::epochs_left(&parts, &used, m.protocol.sealed_split);
     Ok(SealedStatus {
-        held: store.sealed_pool(&m.id()).map_err(|e| e.to_string())?.is_some(),
+        held: pool.is_some(),
         parts: parts
             .iter()
             .zip(remaining)
@@ -1160,8 +1193,8 @@ mod tests {
         m.eval.sealed = vec![crate::sealed::SealedPart { slice: "all".into(), count: 20, root: Default::default() }];
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        assert_eq!(sealed_used(&store, &m, FIRST_EPOCH).unwrap(), vec![vec![0u8; 3]]);
-        let err = sealed_used(&store, &m, 3).unwrap_err();
+        assert_eq!(sealed_used(&store, &m, FIRST_EPOCH, &m.eval.sealed).unwrap(), vec![vec![0u8; 3]]);
+        let err = sealed_used(&store, &m, 3, &m.eval.sealed).unwrap_err();
         assert!(err.contains("epoch 3 needs the attestation of epoch 2") && err.contains("empty"), "{err}");
         // Without the pool a member cannot choose a split, and says how to get it.
         let err = sealed_split(&store, &m, FIRST_EPOCH, &[0; 32]).unwrap_err();
@@ -1169,6 +1202,43 @@ mod tests {
         let s = sealed_status(&store, &m).unwrap();
         assert_eq!((s.held, s.epochs_left, s.parts[0].remaining), (false, 1, 20));
         assert!(s.low, "one epoch left is below the default of 3");
+    }
+
+    // Epochs draw their split from the manifest's parts and, from its first epoch on, a founder-signed extension's: the second epoch's reveal continues the first's bitmaps and verifies against the manifest plus the extension it carries.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sealed_split_follows_the_ledger_and_extensions() {
+        let examples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/datanets");
+        let founder = crate::identity::Identity::from_seed([4; 32]);
+        let (mut m, blobs) = crate::manifest::ManifestFile::read(&examples.join("instruct.toml"))
+            .unwrap()
+            .into_manifest(&examples, founder.public_key(), &|_| Ok(()))
+            .unwrap();
+        let mut pool = admission::sealed::seal_pool(&m, blobs.secret.as_deref().unwrap(), [6; 32]).unwrap();
+        m.eval.sealed = pool.commitment();
+        let more = b"{\"prompt\":\"Negate 12345.\",\"completion\":\"-12345\",\"slice\":\"critical\"}\n";
+        let ext = admission::sealed::extend_pool(&m, &mut pool, more, 2, &founder.signing_key()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.put_sealed_pool(&m.id(), &pool).await.unwrap();
+        let split = m.protocol.sealed_split;
+        // Epoch 1: the manifest's two parts only (the extension starts at epoch 2).
+        let (r1, opened1) = sealed_split(&store, &m, 1, &[1; 32]).unwrap().unwrap();
+        assert_eq!((r1.extensions.len(), r1.parts.len(), opened1.len()), (0, 2, 2 * split as usize));
+        crate::sealed::verify_reveal(&m.eval.sealed, split, &[1; 32], &r1, None).unwrap();
+        // The ledger's epoch 1 (only its reveal matters here).
+        let (_, mut a1) = crate::sim::tests::attested(4, 0, 1000);
+        a1.score.header.datanet = m.id();
+        a1.score.header.epoch = 1;
+        a1.sealed = Some(r1.clone());
+        Ledger::open(store.db()).append(&a1, &[]).unwrap();
+        let (r2, _) = sealed_split(&store, &m, 2, &[2; 32]).unwrap().unwrap();
+        assert_eq!((r2.extensions.clone(), r2.parts.len()), (vec![ext], 3));
+        let parts = m.sealed_parts(&r2.extensions, 2).unwrap();
+        crate::sealed::verify_reveal(&parts, split, &[2; 32], &r2, Some(&r1)).unwrap();
+        // An extension claimed for an epoch before its own is refused.
+        assert!(m.sealed_parts(&r2.extensions, 1).is_err());
+        let s = sealed_status(&store, &m).unwrap();
+        assert_eq!(s.parts.len(), 3);
     }
 
     // Ledger catch-up appends an attestation that verifies and is the next epoch, refuses a tampered one or a repeat, and serves what the ledger holds.

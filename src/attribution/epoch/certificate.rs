@@ -171,8 +171,8 @@ pub struct Attestation {
     pub leaves: Vec<CreditLeaf>,
     /// The sealed evaluation split this epoch measured on, revealed (records, salts, Merkle
     /// paths, the revealed-index bitmaps): present exactly when the manifest has a sealed pool.
-    /// Not under the signatures: it is checked against the manifest's commitment and the epoch
-    /// seed instead ([`crate::sealed::verify_reveal`]), which leave one valid reveal per epoch.
+    /// Bound to the score certificate through the report set root, and checked against the
+    /// manifest's commitment and the epoch seed ([`crate::sealed::verify_reveal`]).
     pub sealed: Option<crate::sealed::Reveal>,
 }
 
@@ -208,8 +208,24 @@ pub enum VerifyAttestationError {
     Reveal(#[from] crate::sealed::RevealError),
 }
 
-/// The report set root: Merkle root over `H(job ‖ reporter ‖ utility)` in (job, reporter) order.
-pub fn report_set_root(reports: &[Report]) -> MerkleRoot {
+/// The report set root: what the epoch measured. The Merkle root over `H(job ‖ reporter ‖ utility)`
+/// in (job, reporter) order; with a sealed evaluation split, bound to the split's reveal too
+/// (`H(root ‖ H(reveal))`), so the score certificate's signers vouch for the records the
+/// utilities were measured on and an attestation cannot carry another reveal.
+pub fn report_set_root(reports: &[Report], sealed: Option<&crate::sealed::Reveal>) -> MerkleRoot {
+    let root = reports_root(reports);
+    match sealed {
+        None => root,
+        Some(r) => {
+            let mut h = blake3::Hasher::new_derive_key("datanet/epoch/report-set-sealed/v1");
+            h.update(root.as_bytes());
+            h.update(codec::hash(r).as_bytes());
+            MerkleRoot(*h.finalize().as_bytes())
+        }
+    }
+}
+
+fn reports_root(reports: &[Report]) -> MerkleRoot {
     let mut sorted: Vec<&Report> = reports.iter().collect();
     sorted.sort_by_key(|r| (r.job, r.reporter, r.utility));
     let leaves: Vec<[u8; 32]> = sorted
@@ -268,7 +284,7 @@ impl Attestation {
         if got != i.input_root || self.inputs.windows(2).any(|w| w[0].0 >= w[1].0) {
             return Err(E::InputRoot { got: got.to_hex(), want: i.input_root.to_hex() });
         }
-        let got = report_set_root(&self.reports);
+        let got = report_set_root(&self.reports, self.sealed.as_ref());
         if got != s.report_set_root {
             return Err(E::ReportSet { got: got.to_hex(), want: s.report_set_root.to_hex() });
         }
@@ -293,13 +309,10 @@ impl Attestation {
                     None => None,
                 };
                 let seed = super::assign::epoch_seed(i);
-                crate::sealed::verify_reveal(
-                    &manifest.eval.sealed,
-                    manifest.protocol.sealed_split,
-                    &seed,
-                    r,
-                    prev_reveal,
-                )?;
+                let parts = manifest
+                    .sealed_parts(&r.extensions, i.epoch)
+                    .map_err(|e| E::Reveal(crate::sealed::RevealError::Extension(e)))?;
+                crate::sealed::verify_reveal(&parts, manifest.protocol.sealed_split, &seed, r, prev_reveal)?;
             }
         }
         if let Some(p) = prev {

@@ -878,7 +878,7 @@ impl EpochMachine {
             && self.header_basics_ok(&a.score.header)
             && a.input.header.input_root == a.score.header.input_root
             && super::freeze::input_root(&a.inputs, a.deferred) == a.input.header.input_root
-            && super::certificate::report_set_root(&a.reports) == a.score.header.report_set_root
+            && super::certificate::report_set_root(&a.reports, a.sealed.as_ref()) == a.score.header.report_set_root
             && crate::attribution::credit_root(&a.leaves) == a.score.header.credit_root
             && a.input.verify(&self.cfg.members).is_ok()
             && a.score.verify(&self.cfg.members).is_ok();

@@ -45,7 +45,7 @@ pub fn score_reports(
         *standing.entry(*k).or_default() += 1;
     }
     Ok(ScoreOutcome {
-        report_set_root: report_set_root(&sorted),
+        report_set_root: report_set_root(&sorted, plan.sealed.as_ref()),
         credit_root: attribution::credit_root(&scores.leaves),
         reports: sorted,
         table,
