@@ -66,10 +66,10 @@ bench-attribution: release
 		"s6-label-flips.toml breast_cancer.csv" "s6-label-flips.toml digits.csv.gz" \
 		"s8-outliers.toml breast_cancer.csv" "s9-overlap.toml breast_cancer.csv" "s11-cost.toml breast_cancer.csv" \
 		"s12-stability.toml digits.csv.gz" "s12-text-stability.toml -" "s13-backdating.toml breast_cancer.csv" \
-		"s14-id-grinding-flood.toml breast_cancer.csv"; do \
+		"s14-id-grinding-flood.toml breast_cancer.csv" "s15-sealed-eval.toml -"; do \
 		set -- $$run; echo "== $$1 on $$2"; data=; [ "$$2" = - ] || data="--data $(BENCH_DATA)/$$2"; \
 		$(BIN) bench attribution --scenario testnet/bench/$$1 $$data | tee -a target/bench-attribution.log; \
-	done; grep '^RESULT' target/bench-attribution.log | tail -n 17
+	done; grep '^RESULT' target/bench-attribution.log | tail -n 18
 
 # Epoch agreement: 5,000 simulator seeds (n = 4, 7, 16 with f Byzantine and network faults).
 sim-long: release

@@ -34,6 +34,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub mod flood;
+pub mod sealed_eval;
 
 /// Options of `datanet bench attribution`.
 #[derive(clap::Args, Debug, Clone)]
@@ -305,6 +306,11 @@ pub struct Scenario {
     /// S14: records per junk contribution, at most (each draws 1 to this many).
     #[serde(default = "d_junk_records")]
     pub junk_records: u32,
+    /// S15: sealed pool records per slice, and records per slice each epoch's split opens.
+    #[serde(default = "d_sealed_records")]
+    pub sealed_records: u32,
+    #[serde(default = "d_sealed_split")]
+    pub sealed_split: u32,
     /// S11: committee size and replication of each job (S14: the committee that freezes).
     #[serde(default = "d_committee")]
     pub committee: u32,
@@ -413,6 +419,12 @@ fn d_copiers() -> u32 {
 fn d_junk_records() -> u32 {
     3
 }
+fn d_sealed_records() -> u32 {
+    100
+}
+fn d_sealed_split() -> u32 {
+    8
+}
 fn d_committee() -> u32 {
     5
 }
@@ -445,13 +457,28 @@ impl Scenario {
         let bad = |key: &'static str, reason: String| {
             Err(ScenarioError::Key { path: path.display().to_string(), key, reason })
         };
-        if !["S1", "S2", "S3", "S4", "S5", "S6", "S8", "S9", "S11", "S12", "S13", "S14"]
+        if !["S1", "S2", "S3", "S4", "S5", "S6", "S8", "S9", "S11", "S12", "S13", "S14", "S15"]
             .contains(&self.scenario.as_str())
         {
             return bad(
                 "scenario",
-                format!("unknown scenario `{}` (S1, S2, S3, S4, S5, S6, S8, S9, S11, S12, S13, S14)", self.scenario),
+                format!(
+                    "unknown scenario `{}` (S1, S2, S3, S4, S5, S6, S8, S9, S11, S12, S13, S14, S15)",
+                    self.scenario
+                ),
             );
+        }
+        if self.scenario == "S15" && self.generator.as_deref() != Some("instruct") {
+            return bad(
+                "generator",
+                "S15 draws its sealed pool from the built-in corpus: set generator = \"instruct\"".into(),
+            );
+        }
+        if self.scenario == "S15" && !(1..=crate::sealed::SPLIT_MAX).contains(&self.sealed_split) {
+            return bad("sealed_split", format!("must be between 1 and {}", crate::sealed::SPLIT_MAX));
+        }
+        if self.scenario == "S15" && self.sealed_records < self.sealed_split {
+            return bad("sealed_records", "S15 needs at least sealed_split sealed records per slice".into());
         }
         if self.scenario == "S14" && !(1..=1_000_000).contains(&self.flood) {
             return bad("flood", "S14 needs between 1 and 1000000 junk contributions".into());
@@ -632,7 +659,7 @@ impl Scenario {
 
     /// S2 and S12: a curator's critical records against a volume contributor's common ones.
     fn curated_vs_volume(&self) -> bool {
-        matches!(self.scenario.as_str(), "S2" | "S12")
+        matches!(self.scenario.as_str(), "S2" | "S12" | "S15")
     }
 
     /// Text S2: evaluation rows from the critical and the common slice (half each).
@@ -655,6 +682,7 @@ impl Scenario {
             "S12" => ("reward_cv_max", 0.10, false),
             "S13" => ("victim_reward_kept", 0.95, true),
             "S14" => ("honest_reward_kept", 0.95, true),
+            "S15" => ("paraphraser_vs_curator_per_record", 1.0, false),
             _ => ("lora_runs_per_peer", f64::INFINITY, false),
         }
     }
@@ -1363,6 +1391,12 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
             extra.push(("victim_kept".into(), kept));
             if copier > 0.0 { 0.0 } else { kept }
         }
+        "S15" => {
+            let seed = u64::from_le_bytes(w.epoch_seed[..8].try_into().expect("8 bytes"));
+            let r = sealed_eval::run(s, w, seed).await?;
+            extra.extend(r.extra);
+            r.metric
+        }
         "S14" => {
             // Id-grinding flood: `flood` junk contributions from fresh identities, witnessed after
             // the honest ones ([`flood::flood_freeze`]: ground ids, colluding members, a bare
@@ -2022,8 +2056,10 @@ mod tests {
     }
 
     // The reduced DatanetBench run of `make test`: S2 (tabular and text), S3, S5 (breast cancer and
-    // wine), S13 (backdating copier), S12 (6 epoch seeds, 1,500 volume records) and S12 on text (4
-    // epoch seeds, 150 curated, 1,000 volume records) meet their targets end to end. S14 is below.
+    // wine), S13 (backdating copier), S12 (6 epoch seeds, 1,500 volume records), S12 on text (4
+    // epoch seeds, 150 curated, 1,000 volume records) and S15 (eval copy refused, paraphrases of the
+    // public file paid no more per record than curation on the sealed split; 150 curated, 1,000
+    // volume) meet their targets end to end. S14 is below.
     #[test]
     fn reduced_bench_meets_targets() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -2037,6 +2073,7 @@ mod tests {
             ("s12-text-stability.toml", "generated"),
             ("s2-curated-vs-volume.toml", "digits.csv.gz"),
             ("s2-text-curated-vs-volume.toml", "generated"),
+            ("s15-sealed-eval.toml", "generated"),
         ] {
             let mut s = Scenario::read(&dir.join(file)).unwrap();
             if s.scenario == "S2" {
@@ -2047,6 +2084,7 @@ mod tests {
                 "s12-text-stability.toml" => {
                     (s.curated, s.redundant, s.base_records, s.epoch_seeds) = (150, 1000, 1000, 4)
                 }
+                "s15-sealed-eval.toml" => (s.curated, s.redundant, s.base_records, s.jobs) = (150, 1000, 1000, 32),
                 _ => {}
             }
             let data = match data {
@@ -2059,6 +2097,11 @@ mod tests {
             let jobs = if s.scenario == "S2" { 64 } else { s.jobs };
             let r = rt.block_on(run_scenario(&data, &s, 1, jobs, false)).unwrap();
             assert!(r.pass, "{file}: {r:?}");
+            if s.scenario == "S15" {
+                // The copier's records were all refused, and the sealed split really was measured on.
+                assert_eq!((r.extra["copier_records_admitted"], r.extra["copier_reward"]), (0.0, 0.0), "{r:?}");
+                assert!(r.extra["sealed_split_records"] >= 2.0 * s.sealed_split as f64, "{r:?}");
+            }
         }
     }
 

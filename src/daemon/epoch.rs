@@ -1029,7 +1029,7 @@ pub fn sealed_status(store: &Store, m: &Manifest) -> Result<SealedStatus, String
 /// The input records less those that copy or nearly copy an evaluation record known at this
 /// epoch (public, revealed before, or in this epoch's split): a record admitted before its
 /// evaluation twin became known earns nothing from then on. Every member drops the same ones.
-fn uncontaminated(
+pub(crate) fn uncontaminated(
     m: &Manifest,
     records: Vec<AdmittedRecord>,
     public: &[admission::EvalRecord],

@@ -106,6 +106,18 @@ impl UtilityJob {
         Ok(UtilityJob { base, task: task.clone(), spec, train, eval, base_report, opts })
     }
 
+    /// Measures on another evaluation set from now on (an epoch's sealed split), re-measuring the
+    /// base on it; the base and recipe stay.
+    pub fn set_eval(&mut self, slices: &[EvalSlice], eval_records: &[Value]) -> Result<()> {
+        let eval = EvalSet::prepare(&self.base, &self.task, slices, eval_records, self.train.sequence_length)?;
+        let base_report = {
+            let _s = TorchSession::begin(self.train.seed, self.opts.threads);
+            eval::evaluate(&self.base, None, &eval, self.opts.eval_batch)?
+        };
+        (self.eval, self.base_report) = (eval, base_report);
+        Ok(())
+    }
+
     /// The base's evaluation (the reference every utility is measured against).
     pub fn base_report(&self) -> &EvalReport {
         &self.base_report
