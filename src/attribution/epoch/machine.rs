@@ -161,6 +161,13 @@ impl Canonical for Snapshot {
     const MAX_BYTES: usize = 64 * 1024 * 1024;
 }
 
+/// Views past a round's current view further than this are ignored: per-view state (votes,
+/// proposals, new-views) stays bounded whatever views a member signs for. At most 8 view
+/// timeouts per view, 256 views ahead is hours of an honest member's clock.
+pub const VIEW_AHEAD_MAX: u32 = 256;
+/// Evidence kept per offender: one proves it, a few show it was no accident.
+pub const EVIDENCE_PER_OFFENDER_MAX: usize = 4;
+
 #[derive(Clone, Debug, Default)]
 struct Round {
     view: u32,
@@ -679,9 +686,16 @@ impl EpochMachine {
         }
     }
 
+    /// Whether `view` lies beyond [`VIEW_AHEAD_MAX`] past round `p`'s current view.
+    fn too_far_ahead(&self, p: usize, view: u32) -> bool {
+        view > self.rounds[p].view.saturating_add(VIEW_AHEAD_MAX)
+    }
+
     fn add_evidence(&mut self, e: Evidence, out: &mut Vec<Action>) {
         let id = e.id();
-        if self.evidence.contains_key(&id) {
+        if self.evidence.contains_key(&id)
+            || self.evidence.values().filter(|x| x.offender() == e.offender()).count() >= EVIDENCE_PER_OFFENDER_MAX
+        {
             return;
         }
         let first_for_offender = !self.offenders.contains_key(&e.offender());
@@ -723,6 +737,9 @@ impl EpochMachine {
         }
         let p = pidx(v.header.phase);
         let (kind, view, hh) = (v.kind, v.header.view, v.header.hash());
+        if self.too_far_ahead(p, view) {
+            return;
+        }
         match self.rounds[p].first_votes.get(&(kind, view, i)) {
             Some(prev) if prev.header != v.header => {
                 let e = Evidence::new(Statement::Vote(prev.clone()), Statement::Vote(v.clone()));
@@ -914,6 +931,9 @@ impl EpochMachine {
             return out.extend(Self::reject(Some(p.signer), "proposal signature does not verify"));
         }
         let ph = pidx(h.phase);
+        if self.too_far_ahead(ph, view) {
+            return;
+        }
         if let Some(prev) = self.rounds[ph].proposals.get(&view) {
             if prev.body != p.body {
                 let e =
@@ -1297,7 +1317,7 @@ impl EpochMachine {
         }
         let ph = pidx(nv.body.phase);
         let view = nv.body.view;
-        if self.rounds[ph].new_views.get(&view).is_some_and(|m| m.contains_key(&i)) {
+        if self.too_far_ahead(ph, view) || self.rounds[ph].new_views.get(&view).is_some_and(|m| m.contains_key(&i)) {
             return;
         }
         if let Some(l) = &nv.body.lock {
@@ -1469,4 +1489,56 @@ pub struct EpochStatus {
     pub measured: u32,
     pub reveals: u32,
     pub evidence: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One member signing votes, and contradicting votes, for thousands of views grows neither the per-view maps past the view window nor the evidence (and so the snapshot) past a few per offender.
+    #[test]
+    fn a_member_cannot_grow_per_view_state() {
+        let keys = crate::sim::member_keys(7, 4);
+        let members: Vec<PeerKey> = keys.iter().map(|k| PeerKey(k.verifying_key().to_bytes())).collect();
+        let cfg = EpochConfig {
+            datanet: DatanetId([1; 32]),
+            epoch: 1,
+            members: members.clone(),
+            prev_attestation: [0; 32],
+            tau: DEFAULT_TAU,
+            timing: Timing::default(),
+            replication: 3,
+            known: Default::default(),
+        };
+        let me = members.iter().position(|k| *k == PeerKey(keys[0].verifying_key().to_bytes())).unwrap();
+        let mut m = EpochMachine::new(cfg, keys[me].clone(), Vec::new());
+        m.start(0);
+        let liar = &keys[(me + 1) % 4];
+        let mut last_snapshot = 0;
+        for view in 0..3000u32 {
+            for root in [1u8, 2] {
+                let h = CertHeader {
+                    datanet: DatanetId([1; 32]),
+                    epoch: 1,
+                    phase: Phase::Freeze,
+                    view,
+                    committee_root: committee_root(&members),
+                    input_root: crate::ids::MerkleRoot([root; 32]),
+                    report_set_root: Default::default(),
+                    credit_root: Default::default(),
+                    prev_attestation: [0; 32],
+                };
+                for a in m.on_message(1, EpochMessage::Vote(Vote::sign(VoteKind::Prepare, h, liar))) {
+                    if let Action::Persist(s) = a {
+                        last_snapshot = codec::encode(&*s).len();
+                    }
+                }
+            }
+        }
+        let r = &m.rounds[pidx(Phase::Freeze)];
+        assert!(r.first_votes.len() <= (VIEW_AHEAD_MAX + 1) as usize, "{} first votes kept", r.first_votes.len());
+        assert!(r.votes.len() <= 2 * (VIEW_AHEAD_MAX + 1) as usize, "{} vote sets kept", r.votes.len());
+        assert_eq!(m.evidence.len(), EVIDENCE_PER_OFFENDER_MAX);
+        assert!(last_snapshot < 64 * 1024, "snapshot of {last_snapshot} bytes");
+    }
 }
