@@ -918,14 +918,13 @@ impl DaemonActor {
 fn answer_catchup(store: &Store, request: CatchupRequest, batch: usize) -> CatchupResponse {
     let refused = |e: crate::store::StoreError| CatchupResponse::Refused { reason: e.to_string() };
     match request {
-        CatchupRequest::Inventory { datanet, offset, limit } => match store.contributions(&datanet) {
-            Ok(list) => {
-                let limit = (limit as usize).min(batch);
-                let ids = list.iter().skip(offset as usize).take(limit).map(|c| c.id).collect();
-                CatchupResponse::Inventory { ids, total: list.len() as u64 }
+        // The order index alone: an inventory request decodes nothing.
+        CatchupRequest::Inventory { datanet, offset, limit } => {
+            match store.contribution_page(&datanet, offset as usize, (limit as usize).min(batch)) {
+                Ok((ids, total)) => CatchupResponse::Inventory { ids, total },
+                Err(e) => refused(e),
             }
-            Err(e) => refused(e),
-        },
+        }
         CatchupRequest::Get { datanet, ids } => {
             let mut records = Vec::new();
             for id in ids.iter().take(batch) {
@@ -953,7 +952,9 @@ async fn catch_up(
     batch: u32,
 ) -> Result<(), String> {
     let mut offset = 0u64;
-    loop {
+    // Bounded whatever the peer claims (`total`): a liar listing endless fresh ids stops here, and
+    // so does one that lists ids it then does not serve.
+    for _ in 0..CATCHUP_PAGES_MAX {
         let resp = net
             .catchup(peer, CatchupRequest::Inventory { datanet, offset, limit: batch })
             .await
@@ -971,6 +972,9 @@ async fn catch_up(
             ids.into_iter().filter(|id| !matches!(store.contribution_meta(id), Ok(Some(_)))).collect();
         if !missing.is_empty() {
             match net.catchup(peer, CatchupRequest::Get { datanet, ids: missing }).await.map_err(|e| e.to_string())? {
+                CatchupResponse::Contributions { records } if records.is_empty() => {
+                    return Err("the peer listed contributions it does not serve".into());
+                }
                 CatchupResponse::Contributions { records } => {
                     for bytes in records.into_iter().take(batch as usize) {
                         if internal.send(Internal::Discovered { datanet, bytes, peer }).await.is_err() {
@@ -986,7 +990,11 @@ async fn catch_up(
             return Ok(());
         }
     }
+    Err(format!("stopped after {CATCHUP_PAGES_MAX} inventory pages"))
 }
+
+/// Most inventory pages one catch-up asks a peer for (× `catchup_batch_max` ids each).
+const CATCHUP_PAGES_MAX: usize = 4096;
 
 async fn fetch_and_admit(
     store: &Store,
