@@ -489,6 +489,9 @@ impl Store {
     ) -> Result<Admitted, StoreError> {
         let _one_at_a_time = self.admit.lock().await;
         self.flush().await?; // blob store metadata durable before anything points at it
+        let mut blobs = chunks.to_vec();
+        blobs.push(signed.body.root);
+        self.sync_blobs(&blobs).await?;
         let id = signed.body.id();
         let d = signed.body.datanet;
         let t = |n| self.tree(n);
@@ -779,6 +782,20 @@ mod tests {
             assert_eq!((ids, total), (want, 6), "offset {offset} limit {limit}");
         }
         assert_eq!(store.contribution_page(&DatanetId([7; 32]), 0, 10).unwrap(), (vec![], 0));
+    }
+
+    // Durability: a stored blob's own files (data and outboard), the blob database and their directories are fsynced by `sync_blobs`; a blob without files of its own (inlined) costs only the database and directories.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn blob_files_are_fsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, _) = instruct_store(dir.path()).await;
+        let big = store.put_blob((0..300_000u32).map(|i| (i % 251) as u8).collect()).await.unwrap();
+        store.flush().await.unwrap();
+        assert!(store.blob_data_path(&big).exists(), "a 300 KB blob has a data file");
+        // data, blobs.db, data/ and blobs/ (and the outboard when it is not inlined at this size)
+        assert!(store.sync_blobs(&[big]).await.unwrap() >= 4);
+        let small = store.put_blob(b"tiny".to_vec()).await.unwrap();
+        assert_eq!(store.sync_blobs(&[small]).await.unwrap(), 3, "inlined: blobs.db and the two directories");
     }
 
     fn index_trees(store: &Store) -> IndexTrees {
