@@ -183,6 +183,15 @@ async fn api_needs_token_and_serves_metrics() {
     }
     let page = client.get_text("/").await.unwrap();
     assert!(page.contains("instruct-demo"));
+    // `datanet join NAME` (the API's join by name or id prefix) works like every other command,
+    // and an unknown name gets a message saying what to give instead.
+    let join = |d: &str| datanet::api::JoinRequest { manifest_hex: None, datanet: Some(d.to_string()) };
+    for key in ["instruct-demo", &m.body.id().to_hex()[..8]] {
+        let r: serde_json::Value = client.post("/api/v1/join", &join(key)).await.unwrap();
+        assert_eq!(r["joined"], m.body.id().to_hex(), "join {key}");
+    }
+    let err = client.post::<_, serde_json::Value>("/api/v1/join", &join("no-such-datanet")).await.unwrap_err();
+    assert!(err.to_string().contains("not known here"), "{err}");
     p.stop().await;
 }
 

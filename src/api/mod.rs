@@ -167,7 +167,8 @@ async fn peers(State(st): State<AppState>) -> Response {
     Json(st.daemon.peers().await).into_response()
 }
 
-/// `POST /api/v1/join`: a signed manifest (hex of its canonical bytes) or a known Datanet id.
+/// `POST /api/v1/join`: a signed manifest (hex of its canonical bytes), or a stored Datanet's
+/// name, id or unique id prefix.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub manifest_hex: Option<String>,
@@ -185,10 +186,7 @@ async fn join(State(st): State<AppState>, Json(req): Json<JoinRequest>) -> Respo
             Err(e) => return bad_request(format!("manifest: {e}")),
         }
     } else if let Some(d) = req.datanet {
-        match d.parse() {
-            Ok(id) => st.daemon.join_id(id).await,
-            Err(e) => return bad_request(format!("datanet: {e}")),
-        }
+        st.daemon.join_key(&d).await
     } else {
         return bad_request("give manifest_hex or datanet");
     };

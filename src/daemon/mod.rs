@@ -135,6 +135,8 @@ enum Command {
     Status(oneshot::Sender<Status>),
     Join(Box<SignedManifest>, oneshot::Sender<Result<DatanetId, String>>),
     JoinId(DatanetId, oneshot::Sender<Result<DatanetId, String>>),
+    /// A Datanet's name, id or unique id prefix, resolved against the stored manifests.
+    JoinKey(String, oneshot::Sender<Result<DatanetId, String>>),
     Contribute {
         datanet: String,
         path: PathBuf,
@@ -211,6 +213,12 @@ impl DaemonHandle {
     /// Joins a Datanet whose manifest is already in the store.
     pub async fn join_id(&self, id: DatanetId) -> Result<DatanetId, DaemonError> {
         self.ask(|r| Command::JoinId(id, r)).await?.map_err(|e| DaemonError::Join(id.short(), e))
+    }
+
+    /// Joins a stored Datanet given as its name, id or a unique id prefix (what every command takes).
+    pub async fn join_key(&self, key: &str) -> Result<DatanetId, DaemonError> {
+        let k = key.to_string();
+        self.ask(|r| Command::JoinKey(k, r)).await?.map_err(|e| DaemonError::Join(key.to_string(), e))
     }
 
     /// Admits a local file as this peer's contribution and announces it.
@@ -499,6 +507,14 @@ impl DaemonActor {
             }
             Command::Join(m, reply) => {
                 let _ = reply.send(self.join_manifest(*m).await);
+            }
+            Command::JoinKey(key, reply) => {
+                let r = match self.store.resolve_datanet(&key) {
+                    Ok(Some((id, _))) => self.join_id(id).await,
+                    Ok(None) => Err("not known here (give its name, its id or a unique id prefix of a stored manifest; `datanet datanet ls` lists them, `datanet join FILE` adds one from `datanet datanet export`)".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(r);
             }
             Command::JoinId(id, reply) => {
                 let _ = reply.send(self.join_id(id).await);
