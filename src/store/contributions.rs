@@ -798,6 +798,16 @@ mod tests {
         assert_eq!(store.sync_blobs(&[small]).await.unwrap(), 3, "inlined: blobs.db and the two directories");
     }
 
+    // A datadir another process (or handle) holds is refused with a message naming what to do, not a raw storage error.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_held_datadir_says_it_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Store::open(dir.path()).await.unwrap();
+        let err = Store::open(dir.path()).await.unwrap_err().to_string();
+        assert!(err.contains("in use by another datanet process") && err.contains("datanet status"), "{err}");
+        held.close().await.unwrap();
+    }
+
     fn index_trees(store: &Store) -> IndexTrees {
         let t = |n| store.tree(n).unwrap();
         IndexTrees {

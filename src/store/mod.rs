@@ -25,6 +25,10 @@ use std::path::{Path, PathBuf};
 pub enum StoreError {
     #[error("cannot open the database in {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
+    #[error(
+        "the datadir {path} is in use by another datanet process (a running `datanet run`?): stop it, or use the commands that ask the running daemon (`datanet status`, `datanet contribute`, `datanet rewards`, `datanet join`)"
+    )]
+    InUse { path: PathBuf },
     #[error("cannot open the blob store in {path}: {reason}")]
     OpenBlobs { path: PathBuf, reason: String },
     #[error("database: {0}")]
@@ -94,7 +98,10 @@ impl Store {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && waited < LOCK_WAIT => {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if waited >= LOCK_WAIT {
+                        return Err(StoreError::InUse { path: datadir.to_path_buf() });
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     waited += std::time::Duration::from_millis(50);
                 }
