@@ -193,8 +193,7 @@ pub async fn run(cmd: TrainerCmd, g: &Global) -> anyhow::Result<()> {
             let dir = adapter_dir(g, &adapter)?;
             let base_model = Base::load(&base, tch::Device::Cpu)?;
             let lora = LoraSet::load_peft(&base_model, &dir)?;
-            init::save_base(&base_model, &out, Some(lora.merged_tensors(&base_model)))?;
-            init::copy_tokenizer(&base, &out)?;
+            init::save_merged(&base, &out, lora.merged_tensors(&base_model))?;
             println!("merged {} into {} (hash {})", dir.display(), out.display(), folder_hash(&out)?);
             Ok(())
         }

@@ -133,6 +133,18 @@ pub fn save_base(base: &Base, dir: &Path, tensors: Option<Vec<(String, Tensor)>>
     weights::write(&dir.join("model.safetensors"), &tensors)
 }
 
+/// Writes a base merged with an adapter into `dir`: the merged `tensors` (from
+/// [`crate::trainer::lora::LoraSet::merged_tensors`] over the base loaded from `from`), and `from`'s own `config.json` byte for byte — a merge changes weights only, so
+/// every key of the base's config (RoPE scaling, dtype, anything this build does not read)
+/// survives, and the merged folder is the same model to every loader — plus its tokenizer.
+pub fn save_merged(from: &Path, dir: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let cfg = from.join("config.json");
+    std::fs::copy(&cfg, dir.join("config.json")).map_err(io_err(&cfg))?;
+    weights::write(&dir.join("model.safetensors"), &tensors)?;
+    copy_tokenizer(from, dir)
+}
+
 /// Copies `tokenizer.json` from one model folder to another when present.
 pub fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
     let src = from.join("tokenizer.json");

@@ -90,6 +90,27 @@ fn merged_forward_matches_adapter() {
     assert!(max_abs_diff(&x, &tch::no_grad(|| base.forward(&tokens, None, false))) > 1e-4, "adapter changes logits");
 }
 
+// A merge keeps every key of the base's config.json (e.g. llama3 RoPE scaling, the dtype, keys this build does not read), and the merged folder loads to the adapter's logits.
+#[test]
+fn merge_keeps_the_base_config() {
+    let base_dir = tempfile::tempdir().unwrap();
+    write_micro(base_dir.path());
+    let cfg_path = base_dir.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["torch_dtype"] = json!("bfloat16");
+    cfg["datanet_test_unknown_key"] = json!({"kept": [1, 2, 3]});
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let base = Base::load(base_dir.path(), tch::Device::Cpu).unwrap();
+    let lora = train_adapter(&base, &recipe(&["all"], 4, 5), &texts(8));
+    let out = tempfile::tempdir().unwrap();
+    init::save_merged(base_dir.path(), out.path(), lora.merged_tensors(&base)).unwrap();
+    assert_eq!(std::fs::read(out.path().join("config.json")).unwrap(), std::fs::read(&cfg_path).unwrap());
+    let merged = Base::load(out.path(), tch::Device::Cpu).unwrap();
+    let tokens = tch::Tensor::from_slice(&[256i64, 10, 20, 30, 257]).view([1, 5]);
+    let (x, y) = tch::no_grad(|| (base.forward(&tokens, Some(&lora), false), merged.forward(&tokens, None, false)));
+    assert!(max_abs_diff(&x, &y) <= 1e-5);
+}
+
 // An adapter saved in PEFT layout loads back with identical tensors and PEFT names.
 #[test]
 fn peft_round_trip() {
