@@ -203,7 +203,8 @@ pub async fn contamination_index(
     }
     let revealed = super::sealed::revealed_in_ledger(store, manifest)?;
     let h = manifest.eval.public_hash;
-    let public = if store.has_blob(&h).await? {
+    let have_public = store.has_blob(&h).await?;
+    let public = if have_public {
         super::parse_eval(manifest, &store.get_blob(&h).await?)?
     } else {
         tracing::warn!(
@@ -222,7 +223,7 @@ pub async fn contamination_index(
     ix.extend(SEALED_SOURCE, super::sealed::canonical_of(&revealed));
     let ix = Arc::new(ix);
     // Cached only when complete: a later call retries the public file.
-    if store.has_blob(&h).await? {
+    if have_public {
         cache().lock().expect("contamination cache").insert(*id, (head, ix.clone()));
     }
     Ok(Some(ix))

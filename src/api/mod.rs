@@ -71,7 +71,8 @@ struct AppState {
     daemon: DaemonHandle,
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), ApiError> {
+/// Writes a secret file readable by its owner only (replaced, never widened), synced.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), ApiError> {
     let io = |source| ApiError::Io { path: path.to_path_buf(), source };
     let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;

@@ -180,7 +180,7 @@ async fn sealed_cmd(store: &Store, identity: &Identity, cmd: SealedCmd, g: &Glob
             let pool = store
                 .sealed_pool(&id)?
                 .ok_or_else(|| anyhow::anyhow!("this peer does not hold the sealed evaluation pool of {}", m.name))?;
-            write_private(&out, &crate::codec::encode(&pool))?;
+            crate::api::write_private(&out, &crate::codec::encode(&pool))?;
             println!(
                 "wrote the sealed evaluation pool of {} ({} records) to {}; hand it only to committee members",
                 m.name,
@@ -250,20 +250,6 @@ async fn sealed_cmd(store: &Store, identity: &Identity, cmd: SealedCmd, g: &Glob
             Ok(())
         }
     }
-}
-
-/// Writes a secret file readable by its owner only.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 fn print_manifest(id: &DatanetId, m: &Manifest) {

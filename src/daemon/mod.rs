@@ -576,7 +576,8 @@ impl DaemonActor {
             datanets.push(DatanetStatus { id: id.to_hex(), name: m.name.clone(), mesh_peers, contributions, sealed });
         }
         datanets.sort_by(|a, b| a.name.cmp(&b.name));
-        self.refresh_sealed_gauge();
+        let low = datanets.iter().filter(|d| d.sealed.as_ref().is_some_and(|s| s.low)).count();
+        self.metrics.sealed_pools_low.store(low as u64, Ordering::Relaxed);
         Status {
             peer_key: self.identity.public_key().to_hex(),
             peer_id: self.net.peer_id().to_string(),

@@ -111,15 +111,15 @@ pub(super) async fn run(s: &Scenario, w: &mut World, seed: u64) -> anyhow::Resul
     let opened = asealed::opened_records(&m, &reveal)?;
     let public_eval = admission::parse_eval(&m, &blobs.public)?;
     let measured_on = asealed::measured_eval(&public_eval, &opened);
-    let mut sealed_admitted = super::Admitted {
+    let sealed_admitted = super::Admitted {
         records: crate::daemon::epoch::uncontaminated(&m, admitted.records.clone(), &public_eval, &[], &opened, 1),
         names: admitted.names.clone(),
     };
     let dropped = admitted.records.len() - sealed_admitted.records.len();
     w.job.set_eval(&m.eval.slices, &measured_on)?;
-    w.cache = attribute_cache();
+    // Utilities measured on the public file are not utilities on the split: a fresh cache.
+    w.cache = crate::cli::attribute::UtilityCache::new();
     let sealed = w.measure(&sealed_admitted)?;
-    sealed_admitted.records.clear();
 
     let per = |o: &super::Outcome, name: &str, n: usize| o.reward(name) / n.max(1) as f64;
     let ratio = per(&sealed, "paraphraser", para_admitted) / per(&sealed, "curator", cur_admitted).max(1e-9);
@@ -144,8 +144,4 @@ pub(super) async fn run(s: &Scenario, w: &mut World, seed: u64) -> anyhow::Resul
         ("inputs_dropped_as_split_copies".into(), dropped as f64),
     ];
     Ok(SeedResult { metric: if ok { ratio } else { FAILED }, extra })
-}
-
-fn attribute_cache() -> crate::cli::attribute::UtilityCache {
-    crate::cli::attribute::UtilityCache::new()
 }
