@@ -12,8 +12,7 @@
 //!    L2-normalized in fixed point).
 //! 2. [`plan`]: near-duplicate clusters keep only their canonical record; [`screen`] computes exact
 //!    KNN-Shapley values against the public evaluation set, adds each record's label agreement with
-//!    its nearest contributed records, and excludes the low tail (reported per contributor); [`units`] forms content units by seeded integer k-means within
-//!    witnessed-priority groups ([`units::priority_groups`]); each unit's contributor
+//!    its nearest contributed records, and excludes the low tail (reported per contributor); [`units`] forms content units by seeded integer k-means; each unit's contributor
 //!    shares count the canonical records each contributor supplied first; [`jobs`] draws the
 //!    coalitions from the epoch seed. The result is an [`EpochPlan`].
 //! 3. Someone measures each job: [`EpochPlan::job_records`] names the records a job trains on (at
@@ -63,7 +62,7 @@ pub struct InputRecord {
     /// Hash of the canonical record.
     pub hash: RecordHash,
     /// Its witnessed priority: the earliest certified priority of the contributions holding it
-    /// (ms). Units form within priority groups ([`units::priority_groups`]).
+    /// (ms). The screen judges records against the oldest ones.
     pub priority: u64,
     /// The contributors credited with it, sorted, each once: those holding it at the earliest
     /// (witnessed) priority of any contribution holding it. They split its credit equally
@@ -252,8 +251,8 @@ pub fn job_count_for(params: &EpochParams, units: u32) -> u32 {
     if fit >= block && fit >= params.jobs { fit } else { params.jobs }
 }
 
-/// The seed unit formation draws from: BLAKE3 over the sorted canonical record hashes of a priority
-/// group, so unchanged inputs form the same units under every epoch seed (units that change with the
+/// The seed unit formation draws from: BLAKE3 over the sorted canonical record hashes of the input
+/// set, so unchanged inputs form the same units under every epoch seed (units that change with the
 /// epoch seed move a contributor's records across the per-unit cap and its reward with them).
 fn content_seed(sorted_hashes: &[RecordHash]) -> [u8; 32] {
     let mut x = blake3::Hasher::new_derive_key(UNIT_SEED_CONTEXT);
@@ -380,18 +379,6 @@ pub fn plan(
     let record_values: Vec<(RecordHash, i64)> = canonical.iter().zip(&values).map(|(r, &v)| (r.hash, v)).collect();
     let screened: Vec<RecordHash> = canonical.iter().zip(&excluded).filter(|(_, x)| **x).map(|(r, _)| r.hash).collect();
     let kept: Vec<&InputRecord> = canonical.iter().zip(&excluded).filter(|(_, x)| !**x).map(|(r, _)| *r).collect();
-    // Index in `kept` of each canonical record the screen kept.
-    let kept_at: Vec<Option<usize>> = excluded
-        .iter()
-        .scan(0usize, |n, &x| {
-            Some(if x {
-                None
-            } else {
-                *n += 1;
-                Some(*n - 1)
-            })
-        })
-        .collect();
 
     // Units over the kept canonical records.
     let shape = units::UnitShape {
@@ -414,39 +401,9 @@ pub fn plan(
             v
         })
         .collect();
-    // Units form within priority groups ([`units::priority_groups`]), each from its own content
-    // seed: records that arrived later (a flood of look-alikes, a copier) never change the units of
-    // an earlier group, nor take shares of them. Groups are drawn over the canonical records before
-    // the screen, so what the screen excludes cannot move a contribution into a pooled run.
-    let total = kept.len().max(1);
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let (priority_groups, orphan) =
-        units::priority_groups(&canonical.iter().map(|r| r.priority).collect::<Vec<_>>(), &shape);
-    let to_kept = |g: Vec<usize>| -> Vec<usize> { g.into_iter().filter_map(|i| kept_at[i]).collect() };
-    let orphan = orphan.map(to_kept).filter(|o| !o.is_empty());
-    for members in priority_groups.into_iter().map(to_kept).filter(|g| !g.is_empty()) {
-        let points: Vec<(RecordHash, &[i32])> =
-            members.iter().map(|&i| (kept[i].hash, augmented[i].as_slice())).collect();
-        let unit_seed = content_seed(&members.iter().map(|&i| kept[i].hash).collect::<Vec<_>>());
-        let group_shape = units::UnitShape {
-            count_max: ((shape.count_max as u64 * members.len() as u64 / total as u64) as u32).max(1),
-            ..shape
-        };
-        for g in units::form_units(unit_seed, &points, &group_shape) {
-            groups.push(g.into_iter().map(|j| members[j]).collect());
-        }
-    }
-    if let Some(orphan) = orphan {
-        let views: Vec<&[i32]> = augmented.iter().map(Vec::as_slice).collect();
-        match units::nearest_unit(&views, &groups, &orphan) {
-            Some(u) => {
-                groups[u].extend(orphan);
-                groups[u].sort_unstable();
-            }
-            None => groups.push(orphan),
-        }
-    }
-    groups.sort_by_key(|g| g[0]);
+    let points: Vec<(RecordHash, &[i32])> = kept.iter().zip(&augmented).map(|(r, v)| (r.hash, v.as_slice())).collect();
+    let unit_seed = content_seed(&canonical.iter().map(|r| r.hash).collect::<Vec<_>>());
+    let groups = units::form_units(unit_seed, &points, &shape);
     let order_key = |h: &RecordHash| {
         let mut x = blake3::Hasher::new_derive_key(TRAIN_ORDER_CONTEXT);
         x.update(&epoch_seed);

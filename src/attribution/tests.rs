@@ -299,7 +299,7 @@ fn shared_records_split_equally() {
     for r in records.iter_mut().filter(|r| r.owners == [key(1)]) {
         r.owners = vec![key(1), key(2)];
     }
-    let p = plan(&records, &eval, [4; 32], &small_params(64)).unwrap();
+    let p = plan(&records, &eval, [4; 32], &small_params(16)).unwrap();
     for u in &p.units {
         let w = |k: PeerKey| u.shares.iter().find(|s| s.0 == k).map_or(0, |s| s.1 as u64);
         let shared = u.records.iter().filter(|h| records.iter().any(|r| r.hash == **h && r.owners.len() == 2)).count();
@@ -310,7 +310,7 @@ fn shared_records_split_equally() {
     }
     let u = utilities(&p, &records);
     let s = score(&p, &u).unwrap();
-    assert!(credit_of(&s, &key(1)) > 0 && credit_of(&s, &key(2)) > credit_of(&s, &key(1)), "{:?}", s.leaves);
+    assert!(credit_of(&s, &key(1)) > 0 && credit_of(&s, &key(2)) > credit_of(&s, &key(1)));
 }
 
 // For M units the plan draws at least `jobs` and 4·M coalitions, sized up to whole orthogonal
@@ -361,64 +361,4 @@ fn units_do_not_follow_the_epoch_seed() {
     assert!(a.units.len() > 2);
     assert_eq!(sorted(&a), sorted(&b));
     assert_ne!(a.coalitions, b.coalitions);
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
-
-    // A flood of small look-alike sets (features copied from honest records, random labels) at
-    // later priorities shares units with honest contributions (here at least `unit_records_min`
-    // records each after the screen) only through the orphan: fewer than `unit_records_min` junk
-    // records in all. With no unit shared and the screen keeping the same honest records, the
-    // honest units are exactly what they were without the flood.
-    #[test]
-    fn later_flood_never_joins_honest_units(
-        data_seed in any::<u64>(),
-        honest in 1u8..4,
-        per in 20usize..40,
-        sets in 1usize..60,
-        junk_seed in any::<u64>(),
-    ) {
-        let (records, eval) = synthetic(honest, per, data_seed);
-        let params = small_params(16);
-        let calm = plan(&records, &eval, [7; 32], &params).unwrap();
-        let mut flooded = records.clone();
-        let mut x = junk_seed | 1;
-        let mut next = move || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x };
-        for s in 0..sets {
-            for j in 0..(1 + next() % 3) as usize {
-                let features = (0..3).map(|d| records[next() as usize % records.len()].embedding.features[d]).collect();
-                let hash = RecordHash::of(format!("junk/{junk_seed}/{s}/{j}").as_bytes());
-                flooded.push(InputRecord {
-                    hash,
-                    priority: 1_000 + s as u64,
-                    owners: vec![PeerKey([200 + (s % 50) as u8; 32])],
-                    cluster: hash,
-                    embedding: Embedding { features, label: (next() % 2) as u32 },
-                });
-            }
-        }
-        let p = plan(&flooded, &eval, [7; 32], &params).unwrap();
-        let honest_hash: std::collections::BTreeSet<RecordHash> = records.iter().map(|r| r.hash).collect();
-        let kept_honest = |p: &EpochPlan| -> Vec<RecordHash> {
-            p.units.iter().flat_map(|u| u.records.iter().copied()).filter(|h| honest_hash.contains(h)).collect()
-        };
-        let mut mixed_junk = 0;
-        for u in &p.units {
-            let n = u.records.iter().filter(|h| honest_hash.contains(h)).count();
-            if n > 0 {
-                mixed_junk += u.records.len() - n;
-            }
-        }
-        prop_assert!(mixed_junk < params.unit_records_min as usize, "{} junk records share honest units", mixed_junk);
-        let (mut a, mut b) = (kept_honest(&calm), kept_honest(&p));
-        a.sort_unstable();
-        b.sort_unstable();
-        if a == b && mixed_junk == 0 {
-            let units = |p: &EpochPlan| -> std::collections::BTreeSet<Vec<RecordHash>> {
-                p.units.iter().filter(|u| honest_hash.contains(&u.records[0])).map(|u| { let mut r = u.records.clone(); r.sort_unstable(); r }).collect()
-            };
-            prop_assert_eq!(units(&calm), units(&p));
-        }
-    }
 }

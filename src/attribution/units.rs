@@ -7,11 +7,6 @@
 //! oversized clusters are cut along their widest dimension, undersized ones are merged into the
 //! nearest centroid. Units come out sorted by their smallest record hash. Identities never enter, so
 //! splitting one contributor into many cannot change a unit.
-//!
-//! Before k-means, [`priority_groups`] partitions the records by witnessed priority: a unit never
-//! mixes records of a contribution with records that arrived at another time (unless both are too
-//! small to form a unit alone), so a flood of look-alike junk after an honest contribution forms
-//! units of its own instead of taking shares of the honest units.
 
 use super::features::distance2;
 use crate::ids::RecordHash;
@@ -26,94 +21,6 @@ pub struct UnitShape {
     pub records_max: u32,
     pub count_max: u32,
     pub iterations: u32,
-}
-
-/// Partitions records into the groups units are formed within, from each record's witnessed
-/// priority alone (`priorities[i]` of record `i`, any order): every set of records at one priority
-/// with at least `records_min` of them is a group; smaller sets are pooled, oldest first, into runs
-/// that close once they hold `records_target` records (a last run under `records_min` joins the run
-/// before it). When that gives more groups than `count_max`, consecutive groups (in priority order)
-/// are merged until each holds ⌈n / count_max⌉ records. Groups come out in priority order, each
-/// ascending. Records at the same priority always share a group, so splitting a contribution over
-/// identities (one witnessed time) cannot change the groups.
-///
-/// The second part is the **orphan**: a last run under `records_min` with no run before it to
-/// join, when there are other groups. It is too small to be measured as a unit of its own, so the
-/// plan merges it whole into the nearest unit by content ([`nearest_unit`]); at most
-/// `records_min − 1` records of an epoch ever share a unit of another priority that way.
-pub fn priority_groups(priorities: &[u64], shape: &UnitShape) -> (Vec<Vec<usize>>, Option<Vec<usize>>) {
-    let mut by: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
-    for (i, &p) in priorities.iter().enumerate() {
-        by.entry(p).or_default().push(i);
-    }
-    let (min, target) = (shape.records_min.max(1) as usize, shape.records_target.max(1) as usize);
-    // (records, is a run of small sets)
-    let mut groups: Vec<(Vec<usize>, bool)> = Vec::new();
-    let mut run: Vec<usize> = Vec::new();
-    for (_, set) in by {
-        if set.len() >= min {
-            groups.push((set, false));
-        } else {
-            run.extend(set);
-            if run.len() >= target {
-                groups.push((std::mem::take(&mut run), true));
-            }
-        }
-    }
-    let mut orphan = None;
-    if !run.is_empty() {
-        let others = !groups.is_empty();
-        match groups.iter_mut().rev().find(|g| g.1) {
-            Some(prev) if run.len() < min => prev.0.extend(run),
-            _ if run.len() < min && others => {
-                run.sort_unstable();
-                orphan = Some(run);
-            }
-            _ => groups.push((run, true)),
-        }
-    }
-    let mut groups: Vec<Vec<usize>> = groups.into_iter().map(|g| g.0).collect();
-    let count_max = shape.count_max.max(1) as usize;
-    if groups.len() > count_max {
-        let each = priorities.len().div_ceil(count_max);
-        let mut merged: Vec<Vec<usize>> = Vec::new();
-        let mut cur: Vec<usize> = Vec::new();
-        for g in groups {
-            cur.extend(g);
-            if cur.len() >= each {
-                merged.push(std::mem::take(&mut cur));
-            }
-        }
-        if !cur.is_empty() {
-            match merged.last_mut() {
-                Some(last) => last.extend(cur),
-                None => merged.push(cur),
-            }
-        }
-        groups = merged;
-    }
-    for g in groups.iter_mut() {
-        g.sort_unstable();
-    }
-    (groups, orphan)
-}
-
-/// Index of the unit (lists of indices into `points`) whose centroid is nearest the centroid of
-/// `members` (ties to the lower index); `None` without units.
-pub fn nearest_unit(points: &[&[i32]], units: &[Vec<usize>], members: &[usize]) -> Option<usize> {
-    let dims = points.first()?.len();
-    let mean = |ix: &[usize]| -> Vec<i32> {
-        let mut s = vec![0i128; dims];
-        for &i in ix {
-            for (a, &x) in s.iter_mut().zip(points[i]) {
-                *a += x as i128;
-            }
-        }
-        s.iter().map(|a| a.div_euclid(ix.len().max(1) as i128) as i32).collect()
-    };
-    let cents: Vec<Vec<i32>> = units.iter().map(|u| mean(u)).collect();
-    let c = nearest(&cents, &mean(members), usize::MAX);
-    (c != usize::MAX).then_some(c)
 }
 
 /// Groups `points` (sorted by hash, features of equal length) into units; returns indices into
@@ -305,28 +212,6 @@ mod tests {
             let c0 = pts[u[0]].1[0] >> 19;
             assert!(u.iter().all(|&i| pts[i].1[0] >> 19 == c0));
         }
-    }
-
-    // Each priority with enough records is a group; small ones pool into runs, oldest first; a
-    // trailing small run joins the run before it; equal priorities never split.
-    #[test]
-    fn groups_follow_priority() {
-        let s = shape(4, 3, 8);
-        // priorities: 10 ×3 (group), 20 ×1, 30 ×2 (run of 3 with the next), 40 ×1, 50 ×4 (group), 60 ×1
-        let p = [10, 10, 10, 20, 30, 30, 40, 50, 50, 50, 50, 60];
-        let (g, orphan) = priority_groups(&p, &s);
-        assert_eq!((g, orphan), (vec![vec![0, 1, 2], vec![3, 4, 5, 6, 11], vec![7, 8, 9, 10]], None));
-        // More groups than count_max: consecutive ones merge.
-        let (g, _) = priority_groups(&p, &UnitShape { count_max: 2, ..s });
-        assert!((1..=2).contains(&g.len()), "{g:?}");
-        assert_eq!(g.iter().map(Vec::len).sum::<usize>(), p.len());
-        // A small last set with no run before it is the orphan; alone, it is a group.
-        let (g, orphan) = priority_groups(&[5, 5, 5, 7, 8], &s);
-        assert_eq!((g, orphan), (vec![vec![0, 1, 2]], Some(vec![3, 4])));
-        assert_eq!(priority_groups(&[7, 8], &s), (vec![vec![0, 1]], None));
-        // The orphan joins the unit nearest it by content.
-        let pts: Vec<&[i32]> = vec![&[0], &[1], &[100], &[101], &[99]];
-        assert_eq!(nearest_unit(&pts, &[vec![0, 1], vec![2, 3]], &[4]), Some(1));
     }
 
     // Oversized clusters are cut to the maximum and undersized ones merged.
