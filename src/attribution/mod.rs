@@ -61,9 +61,6 @@ const LABEL_WEIGHT: i32 = 16 << features::FRAC_BITS;
 pub struct InputRecord {
     /// Hash of the canonical record.
     pub hash: RecordHash,
-    /// Its witnessed priority: the earliest certified priority of the contributions holding it
-    /// (ms). The screen judges records against the oldest ones.
-    pub priority: u64,
     /// The contributors credited with it, sorted, each once: those holding it at the earliest
     /// (witnessed) priority of any contribution holding it. They split its credit equally
     /// ([`RECORD_WEIGHT`]).
@@ -94,7 +91,7 @@ pub struct EpochParams {
     /// Evaluation points the screen uses at most (the first in canonical order).
     pub screen_eval_max: u32,
     /// Contributed records the screen's label-agreement term looks for neighbours among, at most
-    /// (the oldest canonical records: witnessed priority, then hash); 0 leaves KNN-Shapley alone.
+    /// (the first canonical records in hash order); 0 leaves KNN-Shapley alone.
     pub screen_pool_max: u32,
     /// Largest fraction of records the screen may exclude, in ppm.
     pub screen_tail_max_ppm: u32,
@@ -365,12 +362,7 @@ pub fn plan(
     eval_sorted.sort_by(|a, b| (&a.features, a.label).cmp(&(&b.features, b.label)));
     eval_sorted.truncate(params.screen_eval_max as usize);
     let train: Vec<&Embedding> = canonical.iter().map(|r| &r.embedding).collect();
-    // The pool is the oldest records (witnessed priority, then hash): records that arrive later, a
-    // flood among them, cannot change the neighbourhoods earlier records are judged in.
-    let mut pool: Vec<usize> = (0..train.len()).collect();
-    pool.sort_by_key(|&i| (canonical[i].priority, i));
-    pool.truncate(params.screen_pool_max as usize);
-    pool.sort_unstable();
+    let pool: Vec<usize> = (0..train.len().min(params.screen_pool_max as usize)).collect();
     let values = screen::screen_values(&train, &eval_sorted, &pool, params.screen_k);
     let mut excluded = screen::low_tail(&values, params.screen_tail_max_ppm);
     for (x, outside) in excluded.iter_mut().zip(screen::out_of_support(&train, &eval_sorted)) {

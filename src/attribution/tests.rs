@@ -28,13 +28,7 @@ fn synthetic(contributors: u8, per: usize, seed: u64) -> (Vec<InputRecord>, Vec<
                 e.label ^= 1;
             }
             let hash = RecordHash::of(format!("{seed}/{c}/{j}").as_bytes());
-            records.push(InputRecord {
-                hash,
-                priority: c as u64,
-                owners: vec![key(c + 1)],
-                cluster: hash,
-                embedding: e,
-            });
+            records.push(InputRecord { hash, owners: vec![key(c + 1)], cluster: hash, embedding: e });
         }
     }
     let eval = (0..40).map(|i| point(i % 2)).collect();
@@ -128,13 +122,7 @@ fn near_duplicates_earn_nothing() {
     let mut with_copies = records.clone();
     for (i, r) in records.iter().enumerate().filter(|(_, r)| r.owners == [key(1)]) {
         let hash = RecordHash::of(format!("copy/{i}").as_bytes());
-        with_copies.push(InputRecord {
-            hash,
-            priority: 99,
-            owners: vec![key(9)],
-            cluster: r.hash,
-            embedding: r.embedding.clone(),
-        });
+        with_copies.push(InputRecord { hash, owners: vec![key(9)], cluster: r.hash, embedding: r.embedding.clone() });
     }
     let pc = plan(&with_copies, &eval, [6; 32], &small_params(60)).unwrap();
     let sc = score(&pc, &utilities(&pc, &with_copies)).unwrap();

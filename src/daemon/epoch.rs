@@ -1095,13 +1095,7 @@ pub fn input_records(
         .iter()
         .map(|r| {
             let embedding = featurizer.embed(&r.value).map_err(|e| format!("record {}: {e}", r.hash.short()))?;
-            Ok(InputRecord {
-                hash: r.hash,
-                priority: r.priority,
-                owners: r.owners.clone(),
-                cluster: r.cluster.unwrap_or(r.hash),
-                embedding,
-            })
+            Ok(InputRecord { hash: r.hash, owners: r.owners.clone(), cluster: r.cluster.unwrap_or(r.hash), embedding })
         })
         .collect::<Result<Vec<_>, String>>()?;
     let eval_emb = eval
