@@ -1,9 +1,12 @@
 //! The local testnet: N peers as separate `datanet run` processes on loopback, one folder each.
 //!
 //! [`up`] creates N identities, a Datanet whose committee they form and whose seed list is peer 0,
-//! writes each peer's `config.toml`, starts the daemons (logs in `<peer>/daemon.log`, pid in
-//! `<peer>/daemon.pid`) and waits until every peer sees the others. [`down`] stops them with
-//! SIGTERM (then SIGKILL after a grace period). The scenario runner ([`scenario`]) drives steps
+//! writes each peer's `config.toml`, starts the daemons (logs in `<peer>/daemon.log`) and waits
+//! until every peer sees the others. [`down`] stops them with SIGTERM (then SIGKILL after a grace
+//! period). Daemons are signalled through pidfds only: the process that started one keeps its
+//! child handle (and reaps it); `testnet down` from another process opens a pidfd for the pid in
+//! `<peer>/daemon.pid` and uses it only if the process's start time matches the one recorded
+//! there, so a reused pid is never signalled. The scenario runner ([`scenario`]) drives steps
 //! — contributions, training, epochs, kills and restarts — through the same CLI a volunteer uses.
 
 pub mod scenario;
@@ -121,7 +124,98 @@ pub async fn create(dir: &Path, n: usize, manifest: &Path) -> anyhow::Result<Tes
     Ok(t)
 }
 
-/// Starts peer `i`'s daemon in the background; its log goes to `<peer>/daemon.log`.
+/// A testnet daemon process, held by a pidfd so that no signal can reach another process that
+/// reused its pid. The process that started it also holds its [`Child`] and reaps it.
+pub struct Daemon {
+    pidfd: rustix::fd::OwnedFd,
+    child: Option<std::process::Child>,
+}
+
+impl Daemon {
+    /// The daemon recorded in `<peer>/daemon.pid` (`pid start-time`), when that pid still names the
+    /// same process: the pidfd is opened first and the start time checked after, so a reused pid
+    /// is refused rather than signalled. `None` for no file, a stale one, or a process that exited.
+    fn open(peer: &Path) -> Option<Daemon> {
+        let text = std::fs::read_to_string(peer.join(PID_FILE)).ok()?;
+        let mut parts = text.split_whitespace();
+        let pid: i32 = parts.next()?.parse().ok()?;
+        let started: u64 = parts.next()?.parse().ok()?;
+        let pidfd =
+            rustix::process::pidfd_open(rustix::process::Pid::from_raw(pid)?, rustix::process::PidfdFlags::empty())
+                .ok()?;
+        (start_time(pid as u32) == Some(started)).then_some(Daemon { pidfd, child: None })
+    }
+
+    /// Whether it is still running (its pidfd is not yet readable).
+    fn running(&self) -> bool {
+        !self.exited_within(Duration::ZERO)
+    }
+
+    /// Waits up to `d` for it to exit; true once it has (and reaps it when it is our child).
+    fn exited_within(&self, d: Duration) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+        let t = Timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as i64 };
+        loop {
+            match poll(&mut fds, Some(&t)) {
+                Ok(n) => return n > 0,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, sig);
+    }
+
+    /// SIGTERM (SIGKILL when `hard`), then SIGKILL if it has not exited within 15 s; reaps our
+    /// child.
+    fn stop(mut self, hard: bool) {
+        use rustix::process::Signal;
+        self.signal(if hard { Signal::KILL } else { Signal::TERM });
+        if !self.exited_within(Duration::from_secs(15)) {
+            self.signal(Signal::KILL);
+            self.exited_within(Duration::from_secs(5));
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Where a daemon's `pid start-time` is recorded for `testnet down` from another process.
+const PID_FILE: &str = "daemon.pid";
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Daemons this process started, by peer folder: held until stopped.
+fn started() -> &'static std::sync::Mutex<std::collections::BTreeMap<PathBuf, Daemon>> {
+    static STARTED: std::sync::OnceLock<std::sync::Mutex<std::collections::BTreeMap<PathBuf, Daemon>>> =
+        std::sync::OnceLock::new();
+    STARTED.get_or_init(Default::default)
+}
+
+/// The daemon of `peer`: the one this process started, else the one its pid file names.
+fn take_daemon(peer: &Path) -> Option<Daemon> {
+    let ours = started().lock().expect("testnet process table").remove(peer);
+    ours.or_else(|| Daemon::open(peer))
+}
+
+/// Whether `peer`'s daemon is running.
+fn peer_running(peer: &Path) -> bool {
+    if let Some(d) = started().lock().expect("testnet process table").get(peer) {
+        return d.running();
+    }
+    Daemon::open(peer).is_some_and(|d| d.running())
+}
+
+/// Starts peer `i`'s daemon in the background; its log goes to `<peer>/daemon.log`. Returns its pid.
 pub fn start_peer(t: &Testnet, i: usize) -> anyhow::Result<u32> {
     let p = &t.peers[i];
     let _ = std::fs::remove_file(p.join("api.addr"));
@@ -138,39 +232,24 @@ pub fn start_peer(t: &Testnet, i: usize) -> anyhow::Result<u32> {
         .spawn()
         .with_context(|| format!("starting peer {i}"))?;
     let pid = child.id();
-    std::fs::write(p.join("daemon.pid"), pid.to_string())?;
-    // The child is reaped by the OS when we exit; we track it by pid.
-    std::mem::forget(child);
+    let pidfd =
+        rustix::process::pidfd_open(rustix::process::Pid::from_child(&child), rustix::process::PidfdFlags::empty())
+            .with_context(|| format!("pidfd of peer {i}"))?;
+    // A pid file for `testnet down` from another process; it is checked against the start time.
+    let started_at = start_time(pid).with_context(|| format!("start time of peer {i}"))?;
+    std::fs::write(p.join(PID_FILE), format!("{pid} {started_at}\n"))?;
+    started().lock().expect("testnet process table").insert(p.clone(), Daemon { pidfd, child: Some(child) });
     Ok(pid)
 }
 
-fn pid_of(p: &Path) -> Option<u32> {
-    std::fs::read_to_string(p.join("daemon.pid")).ok()?.trim().parse().ok()
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status();
-}
-
-/// Stops peer `i`: SIGTERM (or SIGKILL when `hard`), waiting up to 15 s before SIGKILL.
+/// Stops peer `i`: SIGTERM (or SIGKILL when `hard`), waiting up to 15 s before SIGKILL. Only the
+/// process this testnet started is signalled (through its pidfd); a stale pid file is removed.
 pub fn stop_peer(t: &Testnet, i: usize, hard: bool) -> anyhow::Result<()> {
     let p = &t.peers[i];
-    let Some(pid) = pid_of(p) else { return Ok(()) };
-    signal(pid, if hard { "KILL" } else { "TERM" });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    if let Some(d) = take_daemon(p) {
+        d.stop(hard);
     }
-    if alive(pid) {
-        signal(pid, "KILL");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = std::fs::remove_file(p.join("daemon.pid"));
+    let _ = std::fs::remove_file(p.join(PID_FILE));
     Ok(())
 }
 
@@ -186,10 +265,8 @@ pub async fn client(t: &Testnet, i: usize, timeout: Duration) -> anyhow::Result<
         if Instant::now() > deadline {
             bail!("peer {i} did not start within {timeout:?}; see {}", t.peers[i].join("daemon.log").display());
         }
-        if let Some(pid) = pid_of(&t.peers[i]) {
-            if !alive(pid) {
-                bail!("peer {i} exited; see {}", t.peers[i].join("daemon.log").display());
-            }
+        if !peer_running(&t.peers[i]) {
+            bail!("peer {i} exited; see {}", t.peers[i].join("daemon.log").display());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -223,7 +300,7 @@ pub async fn wait_mesh(t: &Testnet, running: &[usize], timeout: Duration) -> any
 pub async fn up(dir: &Path, n: usize, manifest: &Path) -> anyhow::Result<Testnet> {
     let t = if dir.join("testnet.json").exists() { Testnet::load(dir)? } else { create(dir, n, manifest).await? };
     for i in 0..t.peers.len() {
-        if pid_of(&t.peers[i]).is_some_and(alive) {
+        if peer_running(&t.peers[i]) {
             continue;
         }
         start_peer(&t, i)?;
@@ -243,4 +320,46 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
         stop_peer(&t, i, false)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A pid file names a process only together with its start time: a live pid with another start
+    // time (a reused pid) is refused, the right one is opened, a garbled file is ignored.
+    #[test]
+    fn pid_file_is_checked_against_the_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        let t = start_time(me).expect("our own start time");
+        std::fs::write(dir.path().join(PID_FILE), format!("{me} {}\n", t + 1)).unwrap();
+        assert!(Daemon::open(dir.path()).is_none(), "a reused pid must not be signalled");
+        std::fs::write(dir.path().join(PID_FILE), format!("{me} {t}\n")).unwrap();
+        let d = Daemon::open(dir.path()).expect("the recorded process");
+        assert!(d.running());
+        std::fs::write(dir.path().join(PID_FILE), "12 x").unwrap();
+        assert!(Daemon::open(dir.path()).is_none());
+    }
+
+    // A started child is signalled and reaped through its own handle, and seen as exited.
+    #[test]
+    fn child_is_stopped_through_its_pidfd() {
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pidfd =
+            rustix::process::pidfd_open(rustix::process::Pid::from_child(&child), rustix::process::PidfdFlags::empty())
+                .unwrap();
+        let d = Daemon { pidfd, child: Some(child) };
+        assert!(d.running());
+        let probe = Daemon {
+            pidfd: rustix::process::pidfd_open(
+                rustix::process::Pid::from_raw(d.child.as_ref().unwrap().id() as i32).unwrap(),
+                rustix::process::PidfdFlags::empty(),
+            )
+            .unwrap(),
+            child: None,
+        };
+        d.stop(false);
+        assert!(probe.exited_within(Duration::from_secs(1)));
+    }
 }
