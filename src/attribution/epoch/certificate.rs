@@ -2,8 +2,8 @@
 //!
 //! A [`Certificate`] is a header, a signer bitmap over the committee (in manifest order) and one
 //! signature per set bit. [`Certificate::verify`] checks the bitmap, the quorum weight and every
-//! signature: ed25519 batch verification first (fast path), and on failure each signature with
-//! `verify_strict` so the error names the bad signer. An [`Attestation`] is what an epoch leaves
+//! signature with `verify_strict` ([`crate::codec::verify_bytes`], the one rule), naming the bad
+//! signer. An [`Attestation`] is what an epoch leaves
 //! behind: the input (freeze) certificate, the score certificate, the certified report set and the
 //! credit leaves; [`Attestation::verify`] needs only the manifest.
 
@@ -12,7 +12,6 @@ use crate::attribution::{CreditLeaf, Report, credit_root};
 use crate::codec::{self, Canonical};
 use crate::ids::{MerkleRoot, PeerKey};
 use crate::manifest::{Manifest, quorum_for};
-use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 /// Signatures of at least a quorum of the committee on one header, in one round.
@@ -87,13 +86,11 @@ impl Certificate {
         self.signer_indexes().into_iter().filter_map(|i| members.get(i).copied()).collect()
     }
 
-    /// Checks the bitmap, quorum weight, committee root and every signature against `members`.
+    /// Checks the bitmap, quorum weight, committee root and every signature against `members`,
+    /// each with [`codec::verify_bytes`] (`verify_strict`): the one rule every signature of the
+    /// project is checked by. No batch fast path — batch ed25519 accepts signatures that
+    /// `verify_strict` refuses, so a certificate would verify differently here and elsewhere.
     pub fn verify(&self, members: &[PeerKey]) -> Result<(), VerifyCertificateError> {
-        self.verify_with(members, true)
-    }
-
-    /// As [`Certificate::verify`]; `batch = false` skips the batch fast path (for benchmarks).
-    pub fn verify_with(&self, members: &[PeerKey], batch: bool) -> Result<(), VerifyCertificateError> {
         let n = members.len();
         if n > COMMITTEE_MAX {
             return Err(VerifyCertificateError::CommitteeSize(n));
@@ -126,27 +123,12 @@ impl Certificate {
         if idx.len() < need {
             return Err(VerifyCertificateError::NoQuorum { got: idx.len(), need, members: n });
         }
-        let message = codec::signing_message(self.kind.tag(), &self.header.to_bytes());
-        let mut keys = Vec::with_capacity(idx.len());
-        for &i in &idx {
-            let vk = VerifyingKey::from_bytes(members[i].as_bytes())
-                .map_err(|_| VerifyCertificateError::BadKey { index: i, signer: members[i].short() })?;
-            if vk.is_weak() {
-                return Err(VerifyCertificateError::BadKey { index: i, signer: members[i].short() });
-            }
-            keys.push(vk);
-        }
-        let sigs: Vec<Signature> = self.signatures.iter().map(|s| Signature::from_bytes(&s.0)).collect();
-        if batch {
-            let msgs: Vec<&[u8]> = vec![message.as_slice(); sigs.len()];
-            if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
-                return Ok(());
-            }
-        }
-        for ((vk, sig), &i) in keys.iter().zip(&sigs).zip(&idx) {
-            if vk.verify_strict(&message, sig).is_err() {
-                return Err(VerifyCertificateError::BadSignature { index: i, signer: members[i].short() });
-            }
+        let header = self.header.to_bytes();
+        for (sig, &i) in self.signatures.iter().zip(&idx) {
+            codec::verify_bytes(&members[i], self.kind.tag(), &header, &sig.0).map_err(|e| match e {
+                codec::VerifyError::BadKey => VerifyCertificateError::BadKey { index: i, signer: members[i].short() },
+                _ => VerifyCertificateError::BadSignature { index: i, signer: members[i].short() },
+            })?;
         }
         Ok(())
     }
@@ -448,7 +430,7 @@ mod tests {
         }
     }
 
-    // A forged signature is named: the batch fast path fails and the fallback reports the member.
+    // A forged signature is named.
     #[test]
     fn bad_signer_is_named() {
         let (keys, members) = committee(7);
@@ -458,6 +440,38 @@ mod tests {
         let mut c = cert_from(&keys, &members, &[0, 1, 2, 3, 4]);
         c.signatures.swap(0, 1);
         assert!(matches!(c.verify(&members), Err(VerifyCertificateError::BadSignature { index: 0, .. })));
+    }
+
+    // One rule: a small-order member key with the trivial signature (R = identity, s = 0), which
+    // cofactorless and batch ed25519 verification accept for every message, is refused.
+    #[test]
+    fn small_order_signer_is_refused() {
+        let (keys, mut members) = committee(4);
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        members[3] = PeerKey(identity);
+        let h = header(&members);
+        let mut sigs: Vec<(usize, Sig)> =
+            (0..3).map(|i| (i, Vote::sign(VoteKind::Commit, h, &keys[i]).signature)).collect();
+        let mut trivial = [0u8; 64];
+        trivial[0] = 1;
+        sigs.push((3, Sig(trivial)));
+        let c = Certificate::assemble(VoteKind::Commit, h, 4, &sigs);
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&identity).unwrap();
+        let msg = codec::signing_message(VoteKind::Commit.tag(), &h.to_bytes());
+        assert!(
+            ed25519_dalek::Verifier::verify(&vk, &msg, &ed25519_dalek::Signature::from_bytes(&trivial)).is_ok(),
+            "the lax rule accepts it"
+        );
+        assert!(
+            matches!(
+                c.verify(&members),
+                Err(VerifyCertificateError::BadKey { index: 3, .. }
+                    | VerifyCertificateError::BadSignature { index: 3, .. })
+            ),
+            "{:?}",
+            c.verify(&members)
+        );
     }
 
     // A prepare-round certificate is not accepted where a commit certificate is needed, by its tag.

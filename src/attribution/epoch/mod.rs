@@ -4,7 +4,7 @@
 //! - [`messages`]: the wire types (proposals, two rounds of votes, commits, reveals, view
 //!   changes, evidence) and the fixed-layout certificate header.
 //! - [`certificate`]: quorum certificates, attestations and credit proofs, verified offline
-//!   against a pinned manifest (batch ed25519 first, `verify_strict` per signer on failure).
+//!   against a pinned manifest (`verify_strict` per signer, the one rule: no batch fast path).
 //! - [`freeze`]: witnessed priority (the median of the members' first-seen times) and the fair
 //!   freeze (oldest first, the rest deferred).
 //! - [`assign`]: the epoch seed and which members measure which job.
