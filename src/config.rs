@@ -1,10 +1,13 @@
 //! The daemon's configuration: one TOML file whose sections mirror the rooms (`[net]`, `[api]`,
-//! `[datanets]`).
+//! `[datanets]`, `[epoch]`). This module owns every section's type, so it imports no room.
 //!
 //! Every key has a default (`serde(default)`), so an empty file is a valid loopback-only config.
-//! Precedence, lowest first: defaults, the file, `DATANET_*` environment variables, command-line
-//! flags (applied by `datanet run`). [`Config::validate`] names the key that is wrong.
-//! `config/example.toml` documents every key and is parsed by a test.
+//! Precedence, lowest first: defaults, the file, `DATANET_*` environment variables (one per key,
+//! derived from the types, see [`env`]), command-line flags (applied by `datanet run`).
+//! [`Config::validate`] names the key that is wrong. `config/example.toml` documents every key
+//! and is parsed by a test.
+
+pub mod env;
 
 use crate::ids::DatanetId;
 use serde::{Deserialize, Serialize};
@@ -20,6 +23,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, reason: String },
     #[error("config key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    #[error("environment variable {var} (config key `{key}`): {reason}")]
+    Env { var: String, key: String, reason: String },
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -38,8 +43,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Which Datanets this peer serves.
     pub datanets: DatanetsConfig,
-    /// Epoch agreement (`crate::daemon::epoch`): jobs per epoch, windows, training threads.
-    pub epoch: crate::daemon::epoch::EpochSettings,
+    /// This peer's side of epoch agreement (`crate::daemon::epoch`): training threads, timeouts.
+    pub epoch: EpochSettings,
 }
 
 /// `[net]`: libp2p (gossip, discovery, catch-up) and iroh (blob transfer).
@@ -124,11 +129,53 @@ pub struct ApiConfig {
     pub bind: String,
     /// Allow `bind` to be a non-loopback address (the token still guards every call).
     pub allow_non_loopback: bool,
+    /// A file holding a stable token that opens `/metrics` (and nothing else), for a Prometheus
+    /// `credentials_file`; created with a random token (mode 0600) when missing. Relative paths
+    /// are inside the datadir. Unset: `/metrics` takes the cookie token, which changes at every
+    /// start.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Serve `/metrics` without any token. Only allowed when `bind` is a loopback address.
+    pub metrics_open: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { bind: "127.0.0.1:0".into(), allow_non_loopback: false }
+        ApiConfig {
+            bind: "127.0.0.1:0".into(),
+            allow_non_loopback: false,
+            metrics_token_file: None,
+            metrics_open: false,
+        }
+    }
+}
+
+/// `[epoch]`: what may differ between this peer and the other members. What they must share
+/// (jobs, windows, valuation knobs) is in the signed manifest's `[protocol]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EpochSettings {
+    /// libtorch CPU threads per training job.
+    pub train_threads: usize,
+    /// How long to wait for the public evaluation file from the committee when it is not stored here.
+    pub eval_fetch_timeout_ms: u64,
+}
+
+impl Default for EpochSettings {
+    fn default() -> Self {
+        EpochSettings { train_threads: 1, eval_fetch_timeout_ms: 30_000 }
+    }
+}
+
+impl EpochSettings {
+    /// Checks the knobs, naming the bad key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.train_threads == 0 || self.train_threads > 1024 {
+            return Err("epoch.train_threads: must be between 1 and 1024".into());
+        }
+        if self.eval_fetch_timeout_ms == 0 {
+            return Err("epoch.eval_fetch_timeout_ms: must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -179,31 +226,11 @@ impl Config {
         Self::from_toml(&text, path)
     }
 
-    /// Applies `DATANET_*` overrides read through `var` (the process environment in production).
+    /// Applies `DATANET_*` overrides read through `var` (the process environment in production):
+    /// `DATANET_<SECTION>_<KEY>` for every key ([`env::keys`]), plus the older short names
+    /// ([`env::ALIASES`]). A bad value is refused naming the variable.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let list = |s: String| s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect();
-        if let Some(v) = var("DATANET_LISTEN") {
-            self.net.listen = list(v);
-        }
-        if let Some(v) = var("DATANET_SEEDS") {
-            self.net.seeds = list(v);
-        }
-        if let Some(v) = var("DATANET_IROH_BIND") {
-            self.net.iroh_bind = v;
-        }
-        if let Some(v) = var("DATANET_API_BIND") {
-            self.api.bind = v;
-        }
-        if let Some(v) = var("DATANET_JOIN") {
-            self.datanets.join = list(v);
-        }
-        if let Some(v) = var("DATANET_PUBLIC") {
-            self.net.public = matches!(v.as_str(), "1" | "true" | "yes");
-        }
-        if let Some(v) = var("DATANET_PEERS_MAX") {
-            self.net.peers_max =
-                v.parse().map_err(|_| invalid("DATANET_PEERS_MAX", format!("{v:?} is not a count")))?;
-        }
+        *self = env::overlay(self, var)?;
         Ok(())
     }
 
@@ -263,12 +290,26 @@ impl Config {
                 format!("{api} is not a loopback address; set api.allow_non_loopback = true to expose the API"),
             ));
         }
+        if self.api.metrics_open && !api.ip().is_loopback() {
+            return Err(invalid(
+                "api.metrics_open",
+                format!(
+                    "serves /metrics without a token, so only on a loopback api.bind (not {api}); use api.metrics_token_file"
+                ),
+            ));
+        }
+        if self.api.metrics_token_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(invalid("api.metrics_token_file", "empty path"));
+        }
         for (i, j) in self.datanets.join.iter().enumerate() {
             if j.trim().is_empty() {
                 return Err(invalid(format!("datanets.join[{i}]"), "empty entry"));
             }
         }
-        Ok(())
+        self.epoch.validate().map_err(|e| match e.split_once(": ") {
+            Some((key, reason)) => invalid(key, reason),
+            None => invalid("epoch", e),
+        })
     }
 
     /// Reads the seeds file, if one is configured, and returns every configured seed.
@@ -335,6 +376,9 @@ mod tests {
             ("[net]\nreconnect_backoff_min_ms = 10\nreconnect_backoff_max_ms = 5", "net.reconnect_backoff_max_ms"),
             ("[net]\nepoch_message_bytes_max = 4194305", "net.epoch_message_bytes_max"),
             ("[net]\nepoch_message_bytes_max = 0", "net.epoch_message_bytes_max"),
+            ("[api]\nbind = \"0.0.0.0:80\"\nallow_non_loopback = true\nmetrics_open = true", "api.metrics_open"),
+            ("[api]\nmetrics_token_file = \"\"", "api.metrics_token_file"),
+            ("[epoch]\ntrain_threads = 0", "epoch.train_threads"),
         ];
         for (text, key) in cases {
             let e = Config::from_toml(text, Path::new("x.toml")).unwrap().validate().unwrap_err().to_string();

@@ -4,11 +4,13 @@
 //! is written to `<datadir>/api.cookie` (mode 0600) and the bound address to
 //! `<datadir>/api.addr`, as bitcoind and Kubo do; every request must carry the token as
 //! `Authorization: Bearer <token>` (or `?token=` for the status page in a browser), else 401.
+//! `/metrics` alone may also take a stable metrics token or be open on loopback ([`metrics`]).
 //!
-//! Routes: `/` status page, `/metrics` Prometheus text, `/api/v1/status`, `/api/v1/peers`,
+//! Routes: `/` status page, `/metrics` OpenMetrics text, `/api/v1/status`, `/api/v1/peers`,
 //! `POST /api/v1/join`, `POST /api/v1/contribute`.
 
 pub mod epoch;
+pub mod metrics;
 
 use crate::config::ApiConfig;
 use crate::daemon::DaemonHandle;
@@ -39,6 +41,8 @@ pub enum ApiError {
     NotLoopback(SocketAddr),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("api.metrics_token_file {path}: {reason}")]
+    MetricsToken { path: PathBuf, reason: String },
 }
 
 /// A running API server.
@@ -68,6 +72,7 @@ impl ApiServer {
 #[derive(Clone)]
 struct AppState {
     token: String,
+    metrics: metrics::MetricsAccess,
     daemon: DaemonHandle,
 }
 
@@ -95,10 +100,11 @@ pub async fn serve(datadir: &Path, cfg: &ApiConfig, daemon: DaemonHandle) -> Res
     let token = hex::encode(raw);
     write_private(&datadir.join(COOKIE_FILE), token.as_bytes())?;
     write_private(&datadir.join(ADDR_FILE), addr.to_string().as_bytes())?;
-    let state = AppState { token, daemon };
+    let metrics = metrics::MetricsAccess::from_config(datadir, cfg, addr)?;
+    let state = AppState { token, metrics, daemon };
     let app = Router::new()
         .route("/", get(index))
-        .route("/metrics", get(metrics))
+        .route(metrics::PATH, get(metrics::metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/peers", get(peers))
         .route("/api/v1/join", post(join))
@@ -136,9 +142,10 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
         .map(str::to_string);
     let query =
         req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).map(str::to_string);
-    match bearer.or(query) {
-        Some(t) if token_matches(&st.token, t.trim()) => next.run(req).await,
-        _ => (StatusCode::UNAUTHORIZED, "missing or wrong API token (see <datadir>/api.cookie)\n").into_response(),
+    if metrics::authorized(req.uri().path(), bearer.or(query).as_deref(), &st.token, &st.metrics) {
+        next.run(req).await
+    } else {
+        (StatusCode::UNAUTHORIZED, "missing or wrong API token (see <datadir>/api.cookie)\n").into_response()
     }
 }
 
@@ -148,10 +155,6 @@ fn internal(e: impl std::fmt::Display) -> Response {
 
 fn bad_request(e: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": e.to_string()}))).into_response()
-}
-
-async fn metrics(State(st): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.daemon.render_metrics()).into_response()
 }
 
 async fn status(State(st): State<AppState>) -> Response {

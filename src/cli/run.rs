@@ -1,5 +1,6 @@
 //! `datanet run`: the long-running daemon. Loads the config (file, then `DATANET_*` variables,
-//! then these flags), starts [`crate::daemon`], and stops cleanly on SIGINT or SIGTERM.
+//! one per key and listed by `--help`, then these flags), starts [`crate::daemon`], and stops
+//! cleanly on SIGINT or SIGTERM.
 
 use super::Global;
 use crate::config::Config;
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 
 /// Flags of `datanet run`; each overrides the config file and the environment.
 #[derive(Args, Debug, Clone, Default)]
+#[command(after_help = crate::config::env::help())]
 pub struct RunArgs {
     /// Config file (default: `<datadir>/config.toml` when it exists).
     #[arg(long)]
@@ -74,7 +76,7 @@ pub fn effective_config(args: &RunArgs, g: &Global) -> anyhow::Result<(PathBuf, 
 /// `datanet run`
 pub async fn run(args: RunArgs, g: &Global) -> anyhow::Result<()> {
     let (datadir, cfg) = effective_config(&args, g)?;
-    let daemon = crate::daemon::start(&datadir, cfg)
+    let daemon = crate::daemon::start(&datadir, cfg.clone())
         .await
         .with_context(|| format!("starting the daemon in {}", datadir.display()))?;
     let h = daemon.handle().clone();
@@ -85,6 +87,11 @@ pub async fn run(args: RunArgs, g: &Global) -> anyhow::Result<()> {
     }
     if let Some(a) = h.api_addr() {
         eprintln!("  api http://{a} (token in {})", datadir.join(crate::api::COOKIE_FILE).display());
+        if let Some(p) = crate::api::metrics::token_path(&datadir, &cfg.api) {
+            eprintln!("  metrics http://{a}/metrics (token in {})", p.display());
+        } else if cfg.api.metrics_open {
+            eprintln!("  metrics http://{a}/metrics (open on loopback)");
+        }
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -94,4 +101,19 @@ pub async fn run(args: RunArgs, g: &Global) -> anyhow::Result<()> {
     daemon.shutdown().await;
     eprintln!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `datanet run --help` lists every DATANET_* variable, from the same key list the overlay uses.
+    #[test]
+    fn help_lists_the_environment() {
+        use clap::Args as _;
+        let help = RunArgs::augment_args(clap::Command::new("run")).render_long_help().to_string();
+        for k in crate::config::env::keys() {
+            assert!(help.contains(&k.env_var()), "{} missing from\n{help}", k.env_var());
+        }
+    }
 }

@@ -29,6 +29,7 @@ use crate::attribution::epoch::{
 use crate::attribution::features::Featurizer;
 use crate::attribution::{self, EpochParams, EpochPlan, InputRecord};
 use crate::codec;
+use crate::config::EpochSettings;
 use crate::ids::{ContributionId, DatanetId, PeerKey, RecordHash};
 use crate::manifest::{Manifest, TaskKind};
 use crate::net::blobs::FetchKind;
@@ -129,36 +130,6 @@ pub(super) async fn catch_up_ledger(
 
 /// The first epoch of a Datanet whose ledger is empty.
 pub const FIRST_EPOCH: u64 = 1;
-
-/// `[epoch]`: what may differ between this peer and the other members. What they must share
-/// (jobs, windows, valuation knobs) is in the signed manifest's `[protocol]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EpochSettings {
-    /// libtorch CPU threads per training job.
-    pub train_threads: usize,
-    /// How long to wait for the public evaluation file from the committee when it is not stored here.
-    pub eval_fetch_timeout_ms: u64,
-}
-
-impl Default for EpochSettings {
-    fn default() -> Self {
-        EpochSettings { train_threads: 1, eval_fetch_timeout_ms: 30_000 }
-    }
-}
-
-impl EpochSettings {
-    /// Checks the knobs, naming the bad key.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.train_threads == 0 || self.train_threads > 1024 {
-            return Err("epoch.train_threads: must be between 1 and 1024".into());
-        }
-        if self.eval_fetch_timeout_ms == 0 {
-            return Err("epoch.eval_fetch_timeout_ms: must be at least 1".into());
-        }
-        Ok(())
-    }
-}
 
 /// The machine's timing: the manifest's windows.
 pub fn timing(m: &Manifest) -> Timing {

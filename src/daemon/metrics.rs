@@ -1,5 +1,11 @@
-//! The daemon's counters, rendered with the net room's as Prometheus text by `/metrics`.
+//! The daemon's counters, exposed with the net room's by `/metrics` in the OpenMetrics text
+//! format through `prometheus-client` ([`DaemonMetrics::render`]).
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a gossip message was refused (the `reason` label).
@@ -76,18 +82,11 @@ impl DaemonMetrics {
         RejectReason::ALL.iter().map(|r| self.rejected(*r)).sum()
     }
 
-    /// Renders the daemon's and the net room's counters in the Prometheus text format.
-    pub fn render(&self, net: &crate::net::NetMetrics) -> String {
-        use std::fmt::Write;
+    /// `(name, help, kind, value)` rows of the daemon's own counters, in the net room's layout
+    /// (`NetMetrics::rows`); a counter's name ends in `_total`.
+    fn rows(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::new();
-        let mut row = |name: &str, help: &str, kind: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        for (name, help, kind, v) in net.rows() {
-            row(name, help, kind, v);
-        }
-        let rows = [
+        vec![
             ("datanet_gossip_accepted_total", "Gossip messages accepted.", "counter", g(&self.gossip_accepted)),
             (
                 "datanet_announces_accepted_total",
@@ -159,15 +158,101 @@ impl DaemonMetrics {
                 "gauge",
                 g(&self.sealed_pools_low),
             ),
-        ];
-        for (name, help, kind, v) in rows {
-            row(name, help, kind, v);
+        ]
+    }
+
+    /// A registry holding the current value of every daemon and net-room counter.
+    ///
+    /// The counters stay plain atomics in the rooms that bump them; each scrape registers a
+    /// snapshot, and `prometheus-client` does the exposition format.
+    pub fn registry(&self, net: &crate::net::NetMetrics) -> Registry {
+        let mut reg = Registry::default();
+        for (name, help, kind, v) in net.rows().into_iter().chain(self.rows()) {
+            // The registry adds the help's full stop and a counter's `_total`.
+            let help = help.trim_end_matches('.');
+            match kind {
+                "counter" => reg.register(name.trim_end_matches("_total"), help, ConstCounter::new(v)),
+                _ => reg.register(name, help, ConstGauge::new(v)),
+            }
         }
-        let _ = writeln!(out, "# HELP datanet_gossip_rejected_total Gossip messages rejected (sender loses score).");
-        let _ = writeln!(out, "# TYPE datanet_gossip_rejected_total counter");
-        for r in RejectReason::ALL {
-            let _ = writeln!(out, "datanet_gossip_rejected_total{{reason=\"{}\"}} {}", r.label(), self.rejected(r));
-        }
+        let by_reason = RejectReason::ALL.map(|r| (r.label(), self.rejected(r)));
+        reg.register("datanet_gossip_rejected", "Gossip messages rejected (sender loses score)", ByReason(by_reason));
+        reg
+    }
+
+    /// The OpenMetrics text of every daemon and net-room counter (what `/metrics` serves).
+    pub fn render(&self, net: &crate::net::NetMetrics) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry(net));
         out
+    }
+}
+
+/// The content type of [`DaemonMetrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `datanet_gossip_rejected_total`, one series per [`RejectReason`], always in the same order.
+#[derive(Debug)]
+struct ByReason([(&'static str, u64); RejectReason::ALL.len()]);
+
+impl TypedMetric for ByReason {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ByReason {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (reason, v) in self.0 {
+            let labels = [("reason", reason)];
+            ConstCounter::new(v).encode(encoder.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The exposition is prometheus-client's OpenMetrics text and keeps today's names: every
+    // counter of both rooms with its `_total`, the gauges without, one series per reject reason.
+    #[test]
+    fn render_keeps_the_names() {
+        let m = DaemonMetrics::default();
+        let net = crate::net::NetMetrics::default();
+        DaemonMetrics::inc(&m.fetch_given_up);
+        m.reject(RejectReason::BadSignature);
+        m.fetch_queued.store(3, Ordering::Relaxed);
+        crate::net::NetMetrics::inc(&net.seed_dial_failures);
+        let text = m.render(&net);
+        for line in [
+            "# TYPE datanet_fetch_given_up counter",
+            "# HELP datanet_fetch_given_up Contributions given up after every attempt failed.",
+            "datanet_fetch_given_up_total 1",
+            "datanet_fetch_queued 3",
+            "# TYPE datanet_fetch_queued gauge",
+            "datanet_seed_dial_failures_total 1",
+            "datanet_gossip_rejected_total{reason=\"bad_signature\"} 1",
+            "datanet_gossip_rejected_total{reason=\"oversize\"} 0",
+            "datanet_peers_connected 0",
+            "datanet_bytes_replicated_total 0",
+            "datanet_sealed_pools_low 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+        for (name, _, _, _) in net.rows().into_iter().chain(m.rows()) {
+            assert!(text.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} missing");
+        }
+        assert!(!text.contains("_total_total"));
+        // Every sample line is `name{labels} value` with an integer value.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = l.rsplit_once(' ').unwrap();
+            v.parse::<u64>().unwrap_or_else(|_| panic!("{l}"));
+        }
     }
 }
