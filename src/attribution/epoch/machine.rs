@@ -154,10 +154,14 @@ pub struct Snapshot {
     pub measured: Vec<(u32, i64)>,
     pub attestation: Option<Attestation>,
     pub evidence: Vec<Evidence>,
+    /// Every proposal this member signed as leader, persisted before it is sent: a leader that
+    /// restarts mid-view re-sends the same proposal instead of signing a different one for the
+    /// same (phase, view), which would be equivocation.
+    pub proposals: Vec<Signed<Propose>>,
 }
 
 impl Canonical for Snapshot {
-    const TAG: &'static [u8] = b"datanet/epoch/snapshot/v1";
+    const TAG: &'static [u8] = b"datanet/epoch/snapshot/v2";
     const MAX_BYTES: usize = 64 * 1024 * 1024;
 }
 
@@ -311,6 +315,11 @@ impl EpochMachine {
             m.offenders.entry(e.offender()).or_insert(e.id());
         }
         m.attestation = snap.attestation;
+        for p in snap.proposals {
+            let (ph, view) = (pidx(p.body.header.phase), p.body.header.view);
+            m.rounds[ph].proposed.insert(view);
+            m.rounds[ph].proposals.entry(view).or_insert(p);
+        }
         m
     }
 
@@ -449,7 +458,17 @@ impl EpochMachine {
             measured: self.measured.iter().map(|(j, u)| (*j, *u)).collect(),
             attestation: self.attestation.clone(),
             evidence: self.evidence.values().cloned().collect(),
+            proposals: self.my_proposals(),
         }
+    }
+
+    /// The proposals this member signed (views it proposed in), in phase and view order.
+    fn my_proposals(&self) -> Vec<Signed<Propose>> {
+        let me = self.key();
+        self.rounds
+            .iter()
+            .flat_map(|r| r.proposed.iter().filter_map(|v| r.proposals.get(v)).filter(|p| p.signer == me).cloned())
+            .collect()
     }
 
     fn persist(&self, out: &mut Vec<Action>) {
@@ -1184,6 +1203,10 @@ impl EpochMachine {
         };
         self.rounds[ph].proposed.insert(view);
         let signed = Signed::sign(body, &self.key);
+        // Durable before it leaves: after a restart this member re-sends it, never another one.
+        let mut snap = self.snapshot();
+        snap.proposals.push(signed.clone());
+        out.push(Action::Persist(Box::new(snap)));
         out.push(Action::Broadcast(EpochMessage::Propose(Box::new(signed.clone()))));
         self.on_propose(now, signed, out);
     }
@@ -1540,5 +1563,76 @@ mod tests {
         assert!(r.votes.len() <= 2 * (VIEW_AHEAD_MAX + 1) as usize, "{} vote sets kept", r.votes.len());
         assert_eq!(m.evidence.len(), EVIDENCE_PER_OFFENDER_MAX);
         assert!(last_snapshot < 64 * 1024, "snapshot of {last_snapshot} bytes");
+    }
+
+    // A freeze leader killed right after it proposed, restarted from its last durable snapshot
+    // while holding more contributions and hearing the witnesses in another order, re-sends the very proposal it signed for that view and
+    // signs no other: it cannot be made an equivocator by a crash.
+    #[test]
+    fn restarted_leader_re_sends_its_proposal() {
+        let keys = crate::sim::member_keys(9, 4);
+        let members: Vec<PeerKey> = keys.iter().map(|k| PeerKey(k.verifying_key().to_bytes())).collect();
+        let cfg = EpochConfig {
+            datanet: DatanetId([1; 32]),
+            epoch: 1,
+            members: members.clone(),
+            prev_attestation: [0; 32],
+            tau: DEFAULT_TAU,
+            timing: Timing::default(),
+            replication: 3,
+            known: Default::default(),
+        };
+        let held: Vec<(ContributionId, u64)> = (0..5u8).map(|i| (ContributionId([i + 1; 32]), 10 * i as u64)).collect();
+        let mut ms: Vec<EpochMachine> =
+            keys.iter().map(|k| EpochMachine::new(cfg.clone(), k.clone(), held.clone())).collect();
+        let leader = ms.iter().position(|m| m.me == Some(m.leader(0))).unwrap();
+        let mut pending: Vec<(usize, EpochMessage)> = Vec::new();
+        let mut persisted: Option<Snapshot> = None;
+        let mut proposed: Vec<Signed<Propose>> = Vec::new();
+        let mut record = |from: usize, acts: Vec<Action>, pending: &mut Vec<(usize, EpochMessage)>| {
+            for a in acts {
+                match a {
+                    Action::Persist(s) if from == leader && proposed.is_empty() => persisted = Some(*s),
+                    Action::Broadcast(EpochMessage::Propose(p)) if from == leader => proposed.push(*p.clone()),
+                    Action::Broadcast(m) => pending.push((from, m)),
+                    _ => {}
+                }
+            }
+        };
+        for (i, m) in ms.iter_mut().enumerate() {
+            let acts = m.start(0);
+            record(i, acts, &mut pending);
+        }
+        let witnesses: Vec<(usize, EpochMessage)> =
+            pending.iter().filter(|(_, m)| matches!(m, EpochMessage::Witness(_))).cloned().collect();
+        for (_, msg) in witnesses.iter().filter(|(f, _)| *f != leader) {
+            let acts = ms[leader].on_message(1, msg.clone());
+            record(leader, acts, &mut pending);
+        }
+        assert_eq!(proposed.len(), 1, "the leader proposed once a quorum of witnesses arrived");
+        let original = proposed[0].clone();
+        let snap = persisted.expect("a snapshot persisted before the proposal was sent");
+        assert!(snap.proposals.contains(&original), "the proposal is in the snapshot written before it left");
+        // Restart with one more contribution held (its own witness now differs).
+        let mut more = held.clone();
+        more.push((ContributionId([99; 32]), 5));
+        let mut again = EpochMachine::restore(cfg.clone(), keys[leader].clone(), more, snap);
+        let mut sent = Vec::new();
+        let mut collect = |acts: Vec<Action>| {
+            for a in acts {
+                if let Action::Broadcast(EpochMessage::Propose(p)) = a {
+                    sent.push(*p);
+                }
+            }
+        };
+        collect(again.start(2));
+        // The others' witnesses arrive in the other order: another quorum would be first.
+        for (_, msg) in witnesses.iter().rev() {
+            collect(again.on_message(3, msg.clone()));
+        }
+        let later = 3 + Timing::default().rebroadcast_ms + 1;
+        collect(again.on_timer(later));
+        assert!(!sent.is_empty(), "the restarted leader re-sends its proposal");
+        assert!(sent.iter().all(|p| *p == original), "no other proposal for view 0");
     }
 }
