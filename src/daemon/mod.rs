@@ -75,6 +75,21 @@ const JOINED_FILE: &str = "joined";
 const ADDRESS_WAIT: Duration = Duration::from_secs(2);
 /// Largest number of contributions whose holders are remembered.
 const HOLDERS_MAX: usize = 100_000;
+/// Holders remembered per contribution, at most (enough providers to fetch from; a flood of
+/// `Holding` messages from fresh keys cannot grow one entry).
+const HOLDERS_PER_CONTRIBUTION_MAX: usize = 64;
+/// How far a `Holding` message's `issued_ms` may be from this peer's clock, either way.
+const HOLDING_FRESH_MS: u64 = 10 * 60 * 1000;
+
+/// Whether a `Holding` message is news worth keeping and forwarding: it must name a contribution
+/// this peer knows (queued, being fetched or stored) and be fresh. Otherwise `Err(None)` — ignored
+/// and not forwarded, so `Holding` for made-up ids or replayed old ones does not spread.
+fn holding_news(known: bool, issued_ms: u64, now_ms: u64) -> Result<(), Option<RejectReason>> {
+    if !known || issued_ms.abs_diff(now_ms) > HOLDING_FRESH_MS {
+        return Err(None);
+    }
+    Ok(())
+}
 
 /// What `datanet status` shows.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -601,7 +616,7 @@ impl DaemonActor {
                 message_id,
                 data,
             } => {
-                let verdict = self.on_contributions_message(datanet, source, &data);
+                let verdict = self.on_contributions_message(datanet, source, propagation_source, &data);
                 match verdict {
                     Ok(()) => DaemonMetrics::inc(&self.metrics.gossip_accepted),
                     Err(Some(r)) => {
@@ -662,10 +677,14 @@ impl DaemonActor {
         admission::check_claims(manifest, &c.body).map_err(|_| Some(RejectReason::Limits))
     }
 
+    /// One gossiped contributions message: `source` its author, `forwarder` the connected peer
+    /// that delivered it — the one whose fair share of the fetch queue it takes and who is
+    /// penalized when it cannot be served.
     fn on_contributions_message(
         &mut self,
         datanet: DatanetId,
         source: Option<PeerId>,
+        forwarder: PeerId,
         data: &[u8],
     ) -> Result<(), Option<RejectReason>> {
         if data.len() > self.cfg.net.gossip_message_bytes_max as usize {
@@ -690,27 +709,38 @@ impl DaemonActor {
                 if !providers.contains(&c.body.contributor) {
                     providers.push(c.body.contributor);
                 }
-                self.enqueue(c, providers, source);
+                self.enqueue(c, providers, Some(forwarder));
                 Ok(())
             }
             ContributionsMessage::Holding(h) => {
                 if h.body.datanet != datanet || !self.joined.contains_key(&datanet) {
                     return Err(Some(RejectReason::UnknownDatanet));
                 }
+                let id = h.body.contribution;
+                let known = self.pending.contains_key(&id)
+                    || self.in_flight.contains(&id)
+                    || matches!(self.store.contribution_meta(&id), Ok(Some(_)));
+                holding_news(known, h.body.issued_ms, net::now_ms())?;
                 if h.verify_by(&h.body.holder).is_err() {
                     return Err(Some(RejectReason::BadSignature));
                 }
-                self.add_holder(h.body.contribution, h.body.holder);
+                self.add_holder(id, h.body.holder);
                 Ok(())
             }
         }
     }
 
     fn add_holder(&mut self, id: ContributionId, holder: PeerKey) {
+        // Bounded without forgetting what is known: a full table takes no new contribution, a
+        // contribution's holder set no more than HOLDERS_PER_CONTRIBUTION_MAX keys (first come).
         if self.holders.len() >= HOLDERS_MAX && !self.holders.contains_key(&id) {
-            self.holders.clear();
+            return;
         }
-        self.holders.entry(id).or_default().insert(holder);
+        let set = self.holders.entry(id).or_default();
+        if set.len() >= HOLDERS_PER_CONTRIBUTION_MAX && !set.contains(&holder) {
+            return;
+        }
+        set.insert(holder);
         if let Some(p) = self.pending.get_mut(&id) {
             if !p.providers.contains(&holder) {
                 p.providers.push(holder);
@@ -1108,5 +1138,17 @@ mod tests {
         let even: HashMap<_, _> = (0..4).map(|i| pending(i, Some(if i % 2 == 0 { flooder } else { honest }))).collect();
         assert_eq!(evict_for(&even, &HashSet::new(), Some(honest)), None);
         assert_eq!(evict_for(&HashMap::new(), &HashSet::new(), None), None);
+    }
+
+    // A `Holding` is kept and forwarded only for a contribution this peer knows and only when
+    // fresh; made-up ids and replays are ignored (not rejected: an honest peer may be ahead).
+    #[test]
+    fn holding_must_be_known_and_fresh() {
+        let now = 1_000_000_000;
+        assert_eq!(holding_news(true, now - 1_000, now), Ok(()));
+        assert_eq!(holding_news(true, now + HOLDING_FRESH_MS, now), Ok(()));
+        assert_eq!(holding_news(false, now, now), Err(None));
+        assert_eq!(holding_news(true, now - HOLDING_FRESH_MS - 1, now), Err(None));
+        assert_eq!(holding_news(true, now + HOLDING_FRESH_MS + 1, now), Err(None));
     }
 }

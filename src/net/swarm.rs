@@ -419,6 +419,20 @@ const PENDING_INBOUND_MAX: usize = 1024;
 /// is not a gift: gossipsub keeps its own score of a disconnected peer for `retain_score`.)
 const PEER_STATE_MAX: usize = 4096;
 
+/// With the peer-record table full, the record to drop for a new one from `newcomer`: the
+/// oldest-issued record of a disconnected peer (ties by key), and only when the newcomer is
+/// connected. `None`: keep the table, ignore the newcomer.
+fn record_to_evict(
+    issued: &[(PeerKey, u64)],
+    connected: &std::collections::HashSet<PeerKey>,
+    newcomer: &PeerKey,
+) -> Option<PeerKey> {
+    if !connected.contains(newcomer) {
+        return None;
+    }
+    issued.iter().filter(|(k, _)| !connected.contains(k)).min_by_key(|(k, t)| (*t, *k)).map(|(k, _)| *k)
+}
+
 impl NetActor {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -654,16 +668,19 @@ impl NetActor {
             return Ok(false);
         }
         if self.records.len() >= PEER_STATE_MAX && !self.records.contains_key(&key) {
+            // Full: only a connected peer's record gets in, in place of the oldest record of a
+            // disconnected peer. Self-signed records of fresh keys relayed by someone else are
+            // ignored (and not forwarded), so they cannot evict the providers already known.
             let connected: std::collections::HashSet<PeerKey> =
                 self.connected.keys().filter_map(|p| keys::peer_key(p).ok()).collect();
-            let (blobs, before) = (&self.blobs, self.records.len());
-            self.records.retain(|k, _| {
-                connected.contains(k) || {
-                    blobs.forget(k);
-                    false
+            let issued: Vec<(PeerKey, u64)> = self.records.iter().map(|(k, r)| (*k, r.body.issued_ms)).collect();
+            match record_to_evict(&issued, &connected, &key) {
+                Some(old) => {
+                    self.records.remove(&old);
+                    self.blobs.forget(&old);
                 }
-            });
-            tracing::info!(target: "datanet::net", dropped = before - self.records.len(), "peer records of disconnected peers dropped (table full)");
+                None => return Ok(false),
+            }
         }
         self.blobs.learn(&key, &rec.body.iroh_addrs);
         if let Ok(pid) = keys::peer_id(&key) {
@@ -854,4 +871,22 @@ impl NetActor {
 /// Joined topics, for tests.
 pub fn topic_hashes(datanet: &DatanetId) -> HashSet<TopicHash> {
     [contributions_topic(datanet), epochs_topic(datanet)].into_iter().map(|t| IdentTopic::new(t).hash()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A full peer-record table takes a connected peer's record in place of the oldest
+    // disconnected one, and never a relayed record of a key nobody is connected to.
+    #[test]
+    fn full_record_table_keeps_known_providers() {
+        let k = |i: u8| PeerKey([i; 32]);
+        let issued = vec![(k(1), 50), (k(2), 10), (k(3), 10), (k(4), 5)];
+        let connected: std::collections::HashSet<PeerKey> = [k(4), k(9)].into_iter().collect();
+        assert_eq!(record_to_evict(&issued, &connected, &k(9)), Some(k(2)));
+        assert_eq!(record_to_evict(&issued, &connected, &k(7)), None, "a fresh relayed key gets no room");
+        let all: std::collections::HashSet<PeerKey> = [k(1), k(2), k(3), k(4), k(9)].into_iter().collect();
+        assert_eq!(record_to_evict(&issued, &all, &k(9)), None, "connected peers are never evicted");
+    }
 }
