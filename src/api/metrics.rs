@@ -139,8 +139,7 @@ mod tests {
         assert!(!public.open);
         assert!(!authorized(PATH, None, "cookie-token-xxxxxxxx", &public));
         // And the config refuses it outright.
-        let mut c = Config::default();
-        c.api = ApiConfig { bind: "0.0.0.0:9000".into(), ..cfg };
+        let c = Config { api: ApiConfig { bind: "0.0.0.0:9000".into(), ..cfg }, ..Config::default() };
         assert!(c.validate().unwrap_err().to_string().contains("api.metrics_open"));
     }
 
@@ -172,9 +171,7 @@ mod tests {
     }
 
     async fn start(datadir: &Path, api: ApiConfig) -> crate::daemon::Daemon {
-        let mut cfg = Config::default();
-        cfg.api = api;
-        let start = crate::daemon::start(datadir, cfg);
+        let start = crate::daemon::start(datadir, Config { api, ..Config::default() });
         tokio::time::timeout(Duration::from_secs(60), start).await.expect("daemon start timed out").unwrap()
     }
 

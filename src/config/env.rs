@@ -448,6 +448,18 @@ mod tests {
         assert_eq!(c.net.seeds_file, None);
     }
 
+    // README's configuration section lists every variable and every older name.
+    #[test]
+    fn readme_lists_every_variable() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let keys = keys();
+        let names = keys.iter().map(ConfigKey::env_var).chain(ALIASES.iter().map(|(n, _)| n.to_string()));
+        for name in names {
+            let listed = readme.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).any(|w| w == name);
+            assert!(listed, "README.md does not list {name}");
+        }
+    }
+
     // `datanet run --help` lists every variable.
     #[test]
     fn help_lists_every_variable() {

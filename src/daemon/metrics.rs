@@ -249,6 +249,20 @@ mod tests {
             assert!(text.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} missing");
         }
         assert!(!text.contains("_total_total"));
+        // The Grafana dashboard charts exactly the series served.
+        let served: std::collections::BTreeSet<&str> =
+            text.lines().filter(|l| !l.starts_with('#')).map(|l| l.split([' ', '{']).next().unwrap()).collect();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana-datanet.json");
+        let dashboard = std::fs::read_to_string(path).unwrap();
+        serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
+        let charted: std::collections::BTreeSet<&str> = dashboard
+            .match_indices("datanet_")
+            .map(|(i, _)| {
+                let rest = &dashboard[i..];
+                &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+            })
+            .collect();
+        assert_eq!(charted, served, "config/grafana-datanet.json vs /metrics");
         // Every sample line is `name{labels} value` with an integer value.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = l.rsplit_once(' ').unwrap();
