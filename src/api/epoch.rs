@@ -4,14 +4,13 @@
 //! attested epoch's canonical bytes (hex), for `datanet attestation export` while the daemon runs;
 //! `GET /api/v1/rewards?datanet=D` the ledger's totals, for `datanet rewards` while it runs.
 
-use crate::cli::epoch::EpochRunRequest;
 use crate::daemon::DaemonHandle;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The epoch routes, with their own state; the caller adds the token check.
 pub fn routes<S: Clone + Send + Sync + 'static>(daemon: DaemonHandle) -> Router<S> {
@@ -21,6 +20,13 @@ pub fn routes<S: Clone + Send + Sync + 'static>(daemon: DaemonHandle) -> Router<
         .route("/api/v1/epoch/attestation", get(attestation))
         .route("/api/v1/rewards", get(rewards))
         .with_state(daemon)
+}
+
+/// Body of `POST /api/v1/epoch/run`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochRunRequest {
+    /// Datanet id or name.
+    pub datanet: String,
 }
 
 fn error(code: StatusCode, e: impl std::fmt::Display) -> Response {

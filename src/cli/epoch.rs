@@ -7,10 +7,10 @@
 
 use super::Global;
 use crate::api::ApiClient;
+use crate::api::epoch::EpochRunRequest;
 use crate::daemon::epoch::{DatanetEpochs, EpochRunReply};
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 /// Epoch commands served by the daemon.
@@ -28,13 +28,6 @@ pub enum EpochCmd {
     },
     /// Show the epochs in progress and the last attested one per Datanet.
     Status,
-}
-
-/// Body of `POST /api/v1/epoch/run`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EpochRunRequest {
-    /// Datanet id or name.
-    pub datanet: String,
 }
 
 /// How often `run --wait` asks for the status.
