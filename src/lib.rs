@@ -14,6 +14,7 @@ pub mod ids;
 pub mod manifest;
 pub mod merkle;
 pub mod net;
+pub mod records;
 pub mod sealed;
 pub mod sim;
 pub mod store;

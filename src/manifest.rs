@@ -39,6 +39,10 @@ impl TaskKind {
     }
 }
 
+/// Largest chunk of canonical JSONL (DESIGN.md §4: ≤ 1 MiB), fixed for every Datanet: a manifest's
+/// `record_bytes_max` stays below it, so a record always fits one chunk ([`crate::records::pack`]).
+pub const CHUNK_BYTES_MAX: usize = 1 << 20;
+
 /// Limits and thresholds applied at admission (DESIGN.md §4).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdmissionRules {
@@ -567,7 +571,7 @@ impl ManifestFile {
             }
         };
         let a = &self.admission;
-        if a.record_bytes_max == 0 || a.record_bytes_max as usize >= crate::admission::CHUNK_BYTES_MAX {
+        if a.record_bytes_max == 0 || a.record_bytes_max as usize >= CHUNK_BYTES_MAX {
             return Err(key_err("admission.record_bytes_max", "must be between 1 and 1 MiB − 1"));
         }
         if a.contribution_bytes_max < a.record_bytes_max as u64 {

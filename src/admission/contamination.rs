@@ -5,16 +5,17 @@
 //! evaluation records a Datanet knows (the public file; later also revealed sealed records, added
 //! with [`ContaminationIndex::extend`]) under the Datanet's own duplicate rules: the canonical
 //! record hash (an evaluation record is canonicalized without its `slice` field, exactly like a
-//! contributed record), and the near-duplicate rule of [`super::neardup`] — MinHash similarity at
+//! contributed record), and the near-duplicate rule of [`crate::records::neardup`] — MinHash similarity at
 //! the manifest's `near_duplicate_threshold_ppm` for text and instruct Datanets, quantized
 //! features at `near_duplicate_digits` (same label) for tabular ones, candidates found by the same
 //! LSH band keys the store's near-duplicate index uses. Pure; [`contamination_index`] builds it
 //! from the store's copy of the public evaluation file once per Datanet and caches it.
 
-use super::neardup;
-use super::{AdmitError, CanonicalRecord, EvalRecord, RecordError};
+use super::{AdmitError, EvalRecord};
 use crate::ids::{DatanetId, RecordHash};
 use crate::manifest::{Manifest, TaskKind};
+use crate::records::neardup;
+use crate::records::{CanonicalRecord, RecordError};
 use crate::store::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,66 +1,34 @@
 //! Admission: how records become an acknowledged contribution (DESIGN.md §4).
 //!
 //! [`parse_input`] reads a JSONL or CSV file and validates every record against the Datanet's
-//! manifest, reporting bad records by line; [`canonical`] brings records to their one canonical
-//! form; [`pack`] cuts canonical records into ≤ 1 MiB JSONL chunks with a HashSeq root and a Merkle
-//! root over record hashes. [`admit_local`] signs the [`ContributionRecord`] and hands everything to
+//! manifest, reporting bad records by line, through the contribution format of [`crate::records`]
+//! (re-exported here): [`canonical`] brings records to their one canonical form; [`pack`] cuts
+//! canonical records into ≤ 1 MiB JSONL chunks with a HashSeq root and a Merkle root over record
+//! hashes. [`admit_local`] signs the [`ContributionRecord`] and hands everything to
 //! `store::contributions`, which classifies records (new, exact duplicate, near-duplicate) and
 //! commits atomically. [`admit_replicated`] runs the same checks on a contribution whose chunks
 //! came from another peer. Everything but the final commit is pure.
 
-pub mod canonical;
 pub mod contamination;
-pub mod neardup;
 pub mod sealed;
 
-use crate::codec::{Canonical, Signed};
+use crate::codec::Signed;
 use crate::identity::Identity;
-use crate::ids::{BlobHash, ContributionId, DatanetId, MerkleRoot, PeerKey, RecordHash};
-use crate::manifest::{Manifest, TaskKind};
-use crate::merkle;
+use crate::ids::{BlobHash, ContributionId, DatanetId};
+use crate::manifest::{CHUNK_BYTES_MAX, Manifest, TaskKind};
 use crate::store::contributions::{Admitted, ContributionMeta};
 use crate::store::{Store, StoreError};
-pub use canonical::{CanonicalRecord, RecordError};
 pub use contamination::{Contamination, ContaminationIndex, contamination_index};
-use serde::{Deserialize, Serialize};
+// The contribution format is `records`' (the store builds on it too); admission's callers reach it
+// through here as well: parse, canonicalize, pack, sign, admit.
+pub use crate::records::{
+    CanonicalRecord, ContributionRecord, Packed, RecordError, SignedContribution, canonical, neardup, pack,
+    record_hashes, unpack_chunk,
+};
 use std::path::Path;
 
-/// Largest chunk of canonical JSONL (DESIGN.md §4: ≤ 1 MiB).
-pub const CHUNK_BYTES_MAX: usize = 1 << 20;
 /// How many bad records an error lists before summarizing.
 const ERRORS_LISTED_MAX: usize = 20;
-
-/// The signed statement "this contributor added these records to this Datanet".
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContributionRecord {
-    pub datanet: DatanetId,
-    pub contributor: PeerKey,
-    /// The contributor's clock when signing, in ms since the Unix epoch.
-    pub created_ms: u64,
-    /// Hash of the HashSeq of the contribution's chunks.
-    pub root: BlobHash,
-    /// Merkle root over the record hashes, in chunk order.
-    pub records_root: MerkleRoot,
-    pub record_count: u32,
-    /// Canonical bytes of all records (JSONL, newlines included).
-    pub byte_count: u64,
-    pub chunk_count: u32,
-}
-
-impl Canonical for ContributionRecord {
-    const TAG: &'static [u8] = b"datanet/contribution/v1";
-    const MAX_BYTES: usize = 512;
-}
-
-/// A contribution record signed by its contributor.
-pub type SignedContribution = Signed<ContributionRecord>;
-
-impl ContributionRecord {
-    /// The contribution id: BLAKE3 of the canonical record, tag included.
-    pub fn id(&self) -> ContributionId {
-        crate::codec::hash(self).into()
-    }
-}
 
 /// One bad record in an input file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,8 +76,8 @@ pub enum AdmitError {
     Signature(#[from] crate::codec::VerifyError),
     #[error("contribution {what} does not match its chunks: record says {claimed}, chunks give {actual}")]
     Mismatch { what: &'static str, claimed: String, actual: String },
-    #[error("chunk {index} line {line}: {error}")]
-    ChunkRecord { index: usize, line: usize, error: String },
+    #[error(transparent)]
+    Chunk(#[from] crate::records::ChunkError),
     #[error("ledger: {0}")]
     Ledger(String),
     #[error(transparent)]
@@ -243,67 +211,6 @@ fn check_limits(manifest: &Manifest, records: &[CanonicalRecord]) -> Result<(), 
         return Err(AdmitError::TooManyBytes { bytes, max: rules.contribution_bytes_max });
     }
     Ok(())
-}
-
-/// Records packed into chunks, with the roots a contribution record commits to.
-#[derive(Debug, Clone)]
-pub struct Packed {
-    pub chunks: Vec<Vec<u8>>,
-    pub chunk_hashes: Vec<BlobHash>,
-    /// The HashSeq blob: the chunk hashes concatenated.
-    pub hash_seq: Vec<u8>,
-    pub root: BlobHash,
-    pub records_root: MerkleRoot,
-    pub byte_count: u64,
-}
-
-/// Packs canonical records into ≤ 1 MiB JSONL chunks (a record never spans two chunks).
-pub fn pack(records: &[CanonicalRecord]) -> Packed {
-    let mut chunks: Vec<Vec<u8>> = Vec::new();
-    let mut cur: Vec<u8> = Vec::new();
-    for r in records {
-        if !cur.is_empty() && cur.len() + r.bytes.len() + 1 > CHUNK_BYTES_MAX {
-            chunks.push(std::mem::take(&mut cur));
-        }
-        cur.extend_from_slice(&r.bytes);
-        cur.push(b'\n');
-    }
-    if !cur.is_empty() {
-        chunks.push(cur);
-    }
-    let chunk_hashes: Vec<BlobHash> = chunks.iter().map(|c| BlobHash::of(c)).collect();
-    let hash_seq: Vec<u8> = chunk_hashes.iter().flat_map(|h| h.0).collect();
-    let leaves: Vec<[u8; 32]> = records.iter().map(|r| r.hash.0).collect();
-    Packed {
-        root: BlobHash::of(&hash_seq),
-        records_root: merkle::root(&leaves),
-        byte_count: chunks.iter().map(|c| c.len() as u64).sum(),
-        chunk_hashes,
-        hash_seq,
-        chunks,
-    }
-}
-
-/// Reads canonical records back out of chunk bytes, checking each is canonical.
-pub fn unpack_chunk(
-    task: &TaskKind,
-    rules_max: u32,
-    index: usize,
-    chunk: &[u8],
-) -> Result<Vec<CanonicalRecord>, AdmitError> {
-    let mut out = Vec::new();
-    let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
-    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
-        let err = |error: String| AdmitError::ChunkRecord { index, line: i + 1, error };
-        let s = std::str::from_utf8(line).map_err(|_| err("not valid UTF-8".into()))?;
-        let v: serde_json::Value = serde_json::from_str(s).map_err(|e| err(e.to_string()))?;
-        let rec = canonical::canonicalize(task, v, rules_max).map_err(|e| err(e.to_string()))?;
-        if rec.bytes != line {
-            return Err(err("record is not in canonical form".into()));
-        }
-        out.push(rec);
-    }
-    Ok(out)
 }
 
 fn now_ms() -> u64 {
@@ -564,11 +471,6 @@ async fn commit(
     let Admitted { meta, .. } =
         store.commit_contribution(manifest, &contribution, &packed.chunk_hashes, &records, source).await?;
     Ok(Acknowledged { id, contribution, meta, already_present: false })
-}
-
-/// Hashes of a record list, in order.
-pub fn record_hashes(records: &[CanonicalRecord]) -> Vec<RecordHash> {
-    records.iter().map(|r| r.hash).collect()
 }
 
 /// One record of an evaluation suite: a task record plus the slice it belongs to.

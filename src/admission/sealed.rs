@@ -2,8 +2,9 @@
 //! reading revealed records back, and the evaluation set an epoch's utilities are measured on.
 //! The commitment, split and reveal rules are [`crate::sealed`]'s.
 
-use super::{AdmitError, CanonicalRecord, EvalRecord, LineError, RecordError, canonical, parse_eval};
+use super::{AdmitError, EvalRecord, LineError, parse_eval};
 use crate::manifest::Manifest;
+use crate::records::{CanonicalRecord, RecordError, canonical};
 use crate::sealed::{self, PoolPart, Reveal, SealedPool};
 use serde_json::Value;
 

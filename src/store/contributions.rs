@@ -12,10 +12,10 @@
 //! received things, and no contributor's own claim (its `created_ms`, its ids) enters.
 
 use super::{Store, StoreError, key2, record_key, trees};
-use crate::admission::{self, CanonicalRecord, SignedContribution, neardup};
 use crate::codec::{self, Canonical};
 use crate::ids::{BlobHash, ContributionId, DatanetId, PeerKey, RecordHash};
 use crate::manifest::{Manifest, TaskKind};
+use crate::records::{self, CanonicalRecord, SignedContribution, neardup};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -645,7 +645,7 @@ impl Store {
         let mut records = Vec::with_capacity(meta.records as usize);
         for (i, h) in meta.chunks.iter().enumerate() {
             let bytes = self.get_blob(h).await?;
-            let recs = admission::unpack_chunk(&manifest.task, manifest.admission.record_bytes_max, i, &bytes)
+            let recs = records::unpack_chunk(&manifest.task, manifest.admission.record_bytes_max, i, &bytes)
                 .map_err(|e| StoreError::Transaction(format!("contribution {}: {e}", id.short())))?;
             records.extend(recs);
         }
@@ -723,6 +723,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Tests admit through the real path, as a dev-dependency would: `store` itself never imports it.
+    use crate::admission;
     use crate::identity::Identity;
     use crate::manifest::ManifestFile;
 
@@ -742,7 +744,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let v = serde_json::json!({"prompt": format!("question {i}"), "completion": format!("answer {} {}", i * 7919, i % 13)});
-                admission::canonical::canonicalize(&m.task, v, 1 << 16).unwrap()
+                records::canonical::canonicalize(&m.task, v, 1 << 16).unwrap()
             })
             .collect()
     }
@@ -833,7 +835,7 @@ mod tests {
         let base: Vec<serde_json::Value> = (0..120)
             .map(|i| serde_json::json!({"prompt": format!("Explain item {i} of the maintenance checklist for pump station {}", i * 37 % 101), "completion": format!("Step {i}: inspect the seals, log pressure {} kPa, and report any vibration above {} mm/s to the duty engineer.", 100 + i * 13 % 97, i % 9)}))
             .collect();
-        let canon = |v: &serde_json::Value| admission::canonical::canonicalize(&m.task, v.clone(), 1 << 16).unwrap();
+        let canon = |v: &serde_json::Value| records::canonical::canonicalize(&m.task, v.clone(), 1 << 16).unwrap();
         let (mut seen, mut mem) = (std::collections::HashSet::new(), MemNear::default());
         let mut totals = (0, 0);
         let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -931,7 +933,7 @@ mod tests {
         assert_eq!(out.len(), 75);
         assert!(out.windows(2).all(|w| (w[0].priority, w[0].hash) < (w[1].priority, w[1].hash)));
         // A near-duplicate pair: the record at the earlier priority is canonical, either way round.
-        let canon = |v: serde_json::Value| admission::canonical::canonicalize(&m.task, v, 1 << 16).unwrap();
+        let canon = |v: serde_json::Value| records::canonical::canonicalize(&m.task, v, 1 << 16).unwrap();
         let text = "Step 4: inspect the seals, log pressure 140 kPa, and report any vibration above 3 mm/s to the duty engineer on call.";
         let p = canon(
             serde_json::json!({"prompt": "Explain item 4 of the maintenance checklist for pump station 9", "completion": text}),
