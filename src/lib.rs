@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod identity;
 pub mod ids;
 pub mod manifest;
+pub mod measure;
 pub mod merkle;
 pub mod net;
 pub mod records;

@@ -6,7 +6,7 @@
 //! of the scenario (honest, duplicated, split into sybils, …) creates a fresh datadir, admits each
 //! contribution through the real admission path (`admission::admit_local`: canonicalization, exact
 //! and near-duplicate detection, chunks, sled), reads the records back with
-//! `Store::datanet_records`, and runs [`crate::cli::attribute::measure`] — the same plan, jobs and
+//! `Store::datanet_records`, and runs [`crate::measure::measure_epoch`] — the same plan, jobs and
 //! scoring as `datanet attribute`. Variants that produce the same coalition reuse its measured
 //! utility. It prints one row per seed, the mean and spread, a JSON line, and last a line
 //! `RESULT scenario=… metric=… value=… target=… pass=…`.
@@ -16,10 +16,10 @@
 
 use crate::admission::{self, canonical};
 use crate::attribution::EpochParams;
-use crate::cli::attribute::{self, UtilityCache};
 use crate::codec::Signed;
 use crate::identity::Identity;
 use crate::manifest::{Manifest, ManifestFile, TaskKind};
+use crate::measure::{self, UtilityCache};
 use crate::store::Store;
 use crate::trainer::utility::{UtilityJob, UtilityOptions};
 use crate::trainer::{init, train::TrainConfig};
@@ -1007,7 +1007,7 @@ impl World {
     fn measure(&mut self, admitted: &Admitted) -> anyhow::Result<Outcome> {
         let Admitted { records, names } = admitted;
         let progress = indicatif::ProgressBar::hidden();
-        let m = attribute::measure(
+        let m = measure::measure_epoch(
             &self.task,
             self.recipe_seed,
             records,
@@ -1194,7 +1194,7 @@ fn junk(parts: &[(Vec<f64>, u32)], classes: u32, most: u32, seed: u64, j: usize)
 
 struct Outcome {
     rewards: BTreeMap<String, u64>,
-    measured: attribute::Measured,
+    measured: measure::Measured,
     admitted: usize,
     values: BTreeMap<crate::ids::RecordHash, Value>,
 }
@@ -1266,7 +1266,7 @@ async fn run_seed(s: &Scenario, w: &mut World) -> anyhow::Result<SeedResult> {
                     .filter(|(i, _)| mask >> i & 1 == 1)
                     .flat_map(|(_, unit)| unit.records.iter().take(cap).copied())
                     .collect();
-                let key = attribute::cache_key(seed, &hashes);
+                let key = measure::cache_key(seed, &hashes);
                 *slot = match w.cache.get(&key) {
                     Some(&v) => v,
                     None => {
@@ -1735,7 +1735,7 @@ async fn screen_quality(w: &mut World, all: &[Value], flipped: &[bool]) -> anyho
             });
         }
     }
-    let (mut inputs, eval_emb) = attribute::input_records(&task, &admitted, &w.eval)?;
+    let (mut inputs, eval_emb) = measure::input_records(&task, &admitted, &w.eval)?;
     let plan = crate::attribution::plan(&inputs, &eval_emb, w.epoch_seed, &w.params)?;
     let screened: std::collections::BTreeSet<_> = plan.screened.iter().copied().collect();
     // The baseline: KNN-Shapley against the evaluation set only, as the plan orders both sets.

@@ -1,24 +1,22 @@
 //! `datanet attribute <datanet>`: one epoch of attribution run locally, every job on this peer.
 //!
-//! Reads the Datanet's admitted records and public evaluation set from the store, builds the
+//! Reads the Datanet's admitted records and public evaluation set from the store, provisions the
+//! base, and hands them to [`measure_epoch`], which builds the
 //! [`EpochPlan`](crate::attribution::EpochPlan) (units, screen, coalitions), trains one short LoRA
-//! per coalition job with the real trainer ([`UtilityJob`]), and scores the utilities exactly as the
-//! committee would. [`measure`] is the glue the DatanetBench runner shares.
+//! per coalition job with the real trainer ([`UtilityJob`]) and scores the utilities exactly as the
+//! committee would (the same code DatanetBench runs); this file prints the result.
 
 use super::Global;
-use crate::attribution::{self, EpochParams, EpochPlan, InputRecord, Scores};
-use crate::ids::{PeerKey, RecordHash};
-use crate::manifest::{Manifest, TaskKind};
+use crate::attribution::{self, EpochParams};
+use crate::ids::PeerKey;
+use crate::measure::{UtilityCache, contributor_values, eval_values, measure_epoch};
 use crate::store::Store;
-use crate::store::contributions::AdmittedRecord;
 use crate::trainer::Base;
 use crate::trainer::utility::{UtilityJob, UtilityOptions};
 use anyhow::Context;
 use clap::Args;
-use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 /// Options of `datanet attribute`.
 #[derive(Args, Debug, Clone)]
@@ -37,98 +35,6 @@ pub struct AttributeArgs {
     /// libtorch CPU threads per job.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-}
-
-/// Utilities already measured, by (job seed, job records): variants of one benchmark scenario that
-/// produce the same coalition reuse them.
-pub type UtilityCache = HashMap<[u8; 32], i64>;
-
-/// The [`UtilityCache`] key of training `hashes` (in order) with `seed`.
-pub fn cache_key(seed: u64, hashes: &[RecordHash]) -> [u8; 32] {
-    let mut key = blake3::Hasher::new();
-    key.update(&seed.to_le_bytes());
-    for h in hashes {
-        key.update(h.as_bytes());
-    }
-    *key.finalize().as_bytes()
-}
-
-/// An epoch measured and scored.
-pub struct Measured {
-    pub plan: EpochPlan,
-    pub utilities: Vec<i64>,
-    pub scores: Scores,
-    /// Jobs actually trained (not found in the cache) and their wall time.
-    pub trained: u32,
-    pub train_secs: f64,
-}
-
-/// Attribution inputs from admitted records: fixed-point features against the evaluation set.
-pub fn input_records(
-    task: &TaskKind,
-    records: &[AdmittedRecord],
-    eval: &[Value],
-) -> anyhow::Result<(Vec<InputRecord>, Vec<attribution::features::Embedding>)> {
-    crate::daemon::epoch::input_records(task, records, eval).map_err(anyhow::Error::msg)
-}
-
-/// Plans, measures every job with `job` (reusing `cache`), and scores.
-#[allow(clippy::too_many_arguments)]
-pub fn measure(
-    task: &TaskKind,
-    recipe_seed: u64,
-    records: &[AdmittedRecord],
-    eval: &[Value],
-    params: &EpochParams,
-    epoch_seed: [u8; 32],
-    job: &mut UtilityJob,
-    cache: &mut UtilityCache,
-    progress: &indicatif::ProgressBar,
-) -> anyhow::Result<Measured> {
-    let (inputs, eval_emb) = input_records(task, records, eval)?;
-    let plan = attribution::plan(&inputs, &eval_emb, epoch_seed, params)?;
-    let by_hash: HashMap<RecordHash, &Value> = records.iter().map(|r| (r.hash, &r.value)).collect();
-    progress.set_length(plan.job_count() as u64);
-    let mut utilities = Vec::with_capacity(plan.job_count() as usize);
-    let (mut trained, t) = (0u32, Instant::now());
-    let seed = attribution::jobs::training_seed(epoch_seed, recipe_seed);
-    for j in 0..plan.job_count() {
-        let hashes = plan.job_records(j).expect("job in range");
-        let key = cache_key(seed, &hashes);
-        let u = match cache.get(&key) {
-            Some(u) => *u,
-            None => {
-                let values: Vec<Value> = hashes.iter().map(|h| by_hash[h].clone()).collect();
-                let u = job.utility_seeded(&values, seed).with_context(|| format!("job {j}"))?;
-                trained += 1;
-                cache.insert(key, u);
-                u
-            }
-        };
-        utilities.push(u);
-        progress.inc(1);
-    }
-    let train_secs = t.elapsed().as_secs_f64();
-    let scores = attribution::score(&plan, &utilities)?;
-    Ok(Measured { plan, utilities, scores, trained, train_secs })
-}
-
-/// Σ over units of φ × share per contributor (signed, micro-utility): the "value" column.
-pub fn contributor_values(plan: &EpochPlan, unit_values: &[i64]) -> BTreeMap<PeerKey, i64> {
-    let mut out: BTreeMap<PeerKey, i128> = BTreeMap::new();
-    for (u, &phi) in plan.units.iter().zip(unit_values) {
-        let n = u.weight_total().max(1) as i128;
-        for (k, c) in &u.shares {
-            *out.entry(*k).or_default() += phi as i128 * *c as i128 / n;
-        }
-    }
-    out.into_iter().map(|(k, v)| (k, v.clamp(i64::MIN as i128, i64::MAX as i128) as i64)).collect()
-}
-
-/// The public evaluation records of a Datanet, each with its `slice` field.
-pub async fn eval_values(store: &Store, m: &Manifest) -> anyhow::Result<Vec<Value>> {
-    let bytes = store.get_blob(&m.eval.public_hash).await.context("the public evaluation file")?;
-    Ok(crate::admission::eval_values(m, &bytes)?)
 }
 
 /// Parses 64 hex digits into a seed.
@@ -170,7 +76,7 @@ pub async fn run(args: AttributeArgs, g: &Global) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut cache = UtilityCache::new();
-    let out = measure(&m.task, m.recipe.seed, &records, &eval, &params, seed, &mut job, &mut cache, &progress)?;
+    let out = measure_epoch(&m.task, m.recipe.seed, &records, &eval, &params, seed, &mut job, &mut cache, &progress)?;
     progress.finish_and_clear();
     store.close().await?;
 

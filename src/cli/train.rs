@@ -386,7 +386,7 @@ async fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
     if admitted.is_empty() {
         bail!(trainer::TrainError::EmptyTrainingSet);
     }
-    let evals = super::attribute::eval_values(&store, &m).await?;
+    let evals = crate::measure::eval_values(&store, &m).await?;
     let bdir = trainer::provision_base(&g.datadir(), &m, &evals, a.base.as_deref())?;
     // Provisioned bases were just verified (and their hash cached); an explicit --base is hashed here.
     let base_hash = if a.base.is_some() { folder_hash(&bdir)? } else { provision::cached_folder_hash(&bdir)? };
@@ -504,7 +504,7 @@ async fn eval_cmd(a: EvalArgs, g: &Global) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --datanet to evaluate the base"),
     };
-    let evals = super::attribute::eval_values(&store, &m).await?;
+    let evals = crate::measure::eval_values(&store, &m).await?;
     store.close().await?;
     let bdir = trainer::provision_base(&g.datadir(), &m, &evals, a.base.as_deref())?;
     let device = a.dev.resolve()?;

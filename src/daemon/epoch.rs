@@ -26,12 +26,12 @@ use crate::attribution::epoch::machine::DEFAULT_TAU;
 use crate::attribution::epoch::{
     Action, Attestation, EpochConfig, EpochMachine, EpochMessage, EpochStatus, Snapshot, Timing,
 };
-use crate::attribution::features::Featurizer;
-use crate::attribution::{self, EpochParams, EpochPlan, InputRecord};
+use crate::attribution::{self, EpochParams, EpochPlan};
 use crate::codec;
 use crate::config::EpochSettings;
 use crate::ids::{ContributionId, DatanetId, PeerKey, RecordHash};
-use crate::manifest::{Manifest, TaskKind};
+use crate::manifest::Manifest;
+use crate::measure::input_records;
 use crate::net::blobs::FetchKind;
 use crate::net::catchup::{CatchupRequest, CatchupResponse, RESPONSE_BYTES_MAX};
 use crate::net::{NetHandle, TopicKind};
@@ -866,7 +866,7 @@ async fn build_plan(
         let opened = opened.unwrap_or_default();
         let records = uncontaminated(&m, records, &public, &revealed, &opened, epoch);
         let public_values: Vec<Value> = public.iter().map(admission::sealed::with_slice).collect();
-        let (inputs, eval_emb) = input_records(&m.task, &records, &public_values)?;
+        let (inputs, eval_emb) = input_records(&m.task, &records, &public_values).map_err(|e| e.to_string())?;
         let params = EpochParams::from_manifest(&m);
         let mut plan = attribution::plan(&inputs, &eval_emb, seed, &params).map_err(|e| e.to_string())?;
         plan.sealed = reveal;
@@ -1053,28 +1053,6 @@ pub async fn eval_records(
     }
     let bytes = store.get_blob(&h).await.map_err(|e| format!("the evaluation file {}: {e}", h.short()))?;
     admission::parse_eval(m, &bytes).map_err(|e| format!("the evaluation file: {e}"))
-}
-
-/// Attribution inputs from admitted records: fixed-point features against the evaluation set.
-pub fn input_records(
-    task: &TaskKind,
-    records: &[AdmittedRecord],
-    eval: &[Value],
-) -> Result<(Vec<InputRecord>, Vec<attribution::features::Embedding>), String> {
-    let featurizer = Featurizer::new(task, eval).map_err(|(i, e)| format!("evaluation record {}: {e}", i + 1))?;
-    let inputs = records
-        .iter()
-        .map(|r| {
-            let embedding = featurizer.embed(&r.value).map_err(|e| format!("record {}: {e}", r.hash.short()))?;
-            Ok(InputRecord { hash: r.hash, owners: r.owners.clone(), cluster: r.cluster.unwrap_or(r.hash), embedding })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let eval_emb = eval
-        .iter()
-        .enumerate()
-        .map(|(i, v)| featurizer.embed(v).map_err(|e| format!("evaluation record {}: {e}", i + 1)))
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok((inputs, eval_emb))
 }
 
 /// The base folder of a manifest, provisioned like every other path's ([`crate::trainer::provision_base`]):

@@ -297,7 +297,7 @@ mod tests {
         let cli_dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(cli_dir.path()).await.unwrap();
         assert_eq!(store.put_blob(public.clone()).await.unwrap(), m.eval.public_hash);
-        let cli_eval = crate::cli::attribute::eval_values(&store, &m).await.unwrap();
+        let cli_eval = crate::measure::eval_values(&store, &m).await.unwrap();
         store.close().await.unwrap();
         let attribute = provision_base(cli_dir.path(), &m, &cli_eval, None).unwrap();
         let train_dir = tempfile::tempdir().unwrap();

@@ -118,7 +118,7 @@ pub(super) async fn run(s: &Scenario, w: &mut World, seed: u64) -> anyhow::Resul
     let dropped = admitted.records.len() - sealed_admitted.records.len();
     w.job.set_eval(&m.eval.slices, &measured_on)?;
     // Utilities measured on the public file are not utilities on the split: a fresh cache.
-    w.cache = crate::cli::attribute::UtilityCache::new();
+    w.cache = crate::measure::UtilityCache::new();
     let sealed = w.measure(&sealed_admitted)?;
 
     let per = |o: &super::Outcome, name: &str, n: usize| o.reward(name) / n.max(1) as f64;
