@@ -197,9 +197,15 @@ async fn replicate(mb: u64) {
     bare.learn(&ah.net().key(), &ah.net().blobs().socket_addrs());
     let contribution_root = ah.contribution_root(ids[0]).await.expect("root");
     let t = Instant::now();
-    bare.fetch(contribution_root, datanet::net::blobs::FetchKind::HashSeq, &[ah.net().key()], Duration::from_secs(600))
-        .await
-        .expect("bare fetch");
+    bare.fetch(
+        contribution_root,
+        datanet::net::blobs::FetchKind::HashSeq,
+        &[ah.net().key()],
+        Duration::from_secs(600),
+        u64::MAX,
+    )
+    .await
+    .expect("bare fetch");
     let bare_s = t.elapsed().as_secs_f64();
     bare.shutdown().await;
     drop(bare_store);

@@ -248,8 +248,11 @@ async fn four_daemons_attest_one_epoch() {
     let mut asked = 0;
     for hash in [datanet::ids::BlobHash::of(&pool_bytes), datanet::ids::BlobHash::of(sealed_file.as_bytes())] {
         for k in &founder_keys {
-            let got =
-                hl.net().blobs().fetch(hash, datanet::net::blobs::FetchKind::Raw, &[*k], Duration::from_secs(5)).await;
+            let got = hl
+                .net()
+                .blobs()
+                .fetch(hash, datanet::net::blobs::FetchKind::Raw, &[*k], Duration::from_secs(5), 64 << 20)
+                .await;
             assert!(got.is_err(), "member {} served the sealed pool {}", k.short(), hash.short());
             asked += 1;
         }

@@ -1032,6 +1032,9 @@ pub async fn eval_values(
     Ok(eval_records(store, net, me, m, timeout).await?.iter().map(admission::sealed::with_slice).collect())
 }
 
+/// The largest public evaluation file a peer downloads.
+pub const EVAL_FILE_BYTES_MAX: u64 = 64 << 20;
+
 /// The public evaluation records of a Datanet (see [`eval_values`]).
 pub async fn eval_records(
     store: &Store,
@@ -1047,7 +1050,7 @@ pub async fn eval_records(
             providers.insert(0, m.founder);
         }
         net.blobs()
-            .fetch(h, FetchKind::Raw, &providers, timeout)
+            .fetch(h, FetchKind::Raw, &providers, timeout, EVAL_FILE_BYTES_MAX)
             .await
             .map_err(|e| format!("fetching the evaluation file {}: {e}", h.short()))?;
     }

@@ -1043,6 +1043,14 @@ async fn catch_up(
 /// Most inventory pages one catch-up asks a peer for (× `catchup_batch_max` ids each).
 const CATCHUP_PAGES_MAX: usize = 4096;
 
+/// The most bytes a contribution's download may take: its signed chunk bytes plus its HashSeq
+/// (32 bytes per chunk), doubled for a provider that fails mid-blob and a retry from another,
+/// plus 1 MiB. The claims were checked against the manifest's limits before it was queued, so
+/// no provider can make this peer store more than about twice `contribution_bytes_max`.
+fn fetch_bytes_max(c: &crate::admission::ContributionRecord) -> u64 {
+    c.byte_count.saturating_add(32 * c.chunk_count as u64).saturating_mul(2).saturating_add(1 << 20)
+}
+
 async fn fetch_and_admit(
     store: &Store,
     net: &NetHandle,
@@ -1054,7 +1062,7 @@ async fn fetch_and_admit(
     let t = Instant::now();
     let bytes = net
         .blobs()
-        .fetch(signed.body.root, FetchKind::HashSeq, providers, timeout)
+        .fetch(signed.body.root, FetchKind::HashSeq, providers, timeout, fetch_bytes_max(&signed.body))
         .await
         .map_err(|e| FetchFailure::Fetch(e.to_string()))?;
     let fetched = t.elapsed();

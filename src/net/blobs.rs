@@ -41,6 +41,8 @@ pub enum FetchError {
     Timeout { hash: String, ms: u64 },
     #[error("fetching {hash} failed: {reason}")]
     Failed { hash: String, reason: String },
+    #[error("fetching {hash} stopped: more than the {max} bytes it may take")]
+    TooLarge { hash: String, max: u64 },
 }
 
 /// What to fetch: one blob, or a HashSeq and every blob it lists.
@@ -128,13 +130,16 @@ impl BlobNode {
     }
 
     /// Fetches `hash` (and, for a HashSeq, every blob it lists) from any of `providers`,
-    /// verifying every byte against its BLAKE3 hash; gives up after `timeout`.
+    /// verifying every byte against its BLAKE3 hash; gives up after `timeout`, and stops (dropping
+    /// the download) as soon as more than `max_bytes` have arrived — the bound is checked while
+    /// downloading, not after: a provider cannot make this peer store more than that.
     pub async fn fetch(
         &self,
         hash: BlobHash,
         kind: FetchKind,
         providers: &[PeerKey],
         timeout: Duration,
+        max_bytes: u64,
     ) -> Result<u64, FetchError> {
         let ids: Vec<iroh::EndpointId> = providers.iter().filter_map(|k| keys::endpoint_id(k).ok()).collect();
         if ids.is_empty() {
@@ -159,6 +164,9 @@ impl BlobNode {
                     DownloadProgressItem::Progress(n) => {
                         bytes += n.saturating_sub(last);
                         last = n;
+                        if bytes > max_bytes {
+                            return Err(FetchError::TooLarge { hash: hash.short(), max: max_bytes });
+                        }
                     }
                     DownloadProgressItem::PartComplete { .. } | DownloadProgressItem::TryProvider { .. } => last = 0,
                     DownloadProgressItem::ProviderFailed { id, .. } => {
@@ -221,4 +229,35 @@ fn limit_connections(max: usize) -> EventSender {
         }
     });
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A download stops once more than its byte bound has arrived (and the blob is not kept
+    // complete); within the bound the same blob arrives whole.
+    #[tokio::test]
+    async fn fetch_stops_past_its_byte_bound() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cfg = NetConfig { iroh_bind: "127.0.0.1:0".into(), ..NetConfig::default() };
+        let (ia, ib) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        let sa = FsStore::load(da.path().join("blobs")).await.unwrap();
+        let sb = FsStore::load(db.path().join("blobs")).await.unwrap();
+        let a = BlobNode::start(&ia, &cfg, &sa, Arc::default()).await.unwrap();
+        let b = BlobNode::start(&ib, &cfg, &sb, Arc::default()).await.unwrap();
+        let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+        let tag = sa.add_bytes(data.clone()).await.unwrap();
+        let hash = BlobHash(*tag.hash.as_bytes());
+        b.learn(&ia.public_key(), &a.socket_addrs());
+        let t = Duration::from_secs(20);
+        let err = b.fetch(hash, FetchKind::Raw, &[ia.public_key()], t, 64 * 1024).await.unwrap_err();
+        assert!(matches!(err, FetchError::TooLarge { max: 65_536, .. }), "{err}");
+        assert!(!sb.blobs().has(tag.hash).await.unwrap(), "a stopped download leaves no complete blob");
+        let got = b.fetch(hash, FetchKind::Raw, &[ia.public_key()], t, 1 << 20).await.unwrap();
+        assert_eq!(got, data.len() as u64);
+        assert_eq!(sb.get_bytes(tag.hash).await.unwrap().to_vec(), data);
+        a.shutdown().await;
+        b.shutdown().await;
+    }
 }
