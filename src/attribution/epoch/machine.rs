@@ -1518,21 +1518,26 @@ pub struct EpochStatus {
 mod tests {
     use super::*;
 
-    // One member signing votes, and contradicting votes, for thousands of views grows neither the per-view maps past the view window nor the evidence (and so the snapshot) past a few per offender.
-    #[test]
-    fn a_member_cannot_grow_per_view_state() {
-        let keys = crate::sim::member_keys(7, 4);
-        let members: Vec<PeerKey> = keys.iter().map(|k| PeerKey(k.verifying_key().to_bytes())).collect();
-        let cfg = EpochConfig {
+    /// Epoch 1 of Datanet [1; 32] with default timing and replication 3.
+    fn test_config(members: &[PeerKey]) -> EpochConfig {
+        EpochConfig {
             datanet: DatanetId([1; 32]),
             epoch: 1,
-            members: members.clone(),
+            members: members.to_vec(),
             prev_attestation: [0; 32],
             tau: DEFAULT_TAU,
             timing: Timing::default(),
             replication: 3,
             known: Default::default(),
-        };
+        }
+    }
+
+    // One member signing votes, and contradicting votes, for thousands of views grows neither the per-view maps past the view window nor the evidence (and so the snapshot) past a few per offender.
+    #[test]
+    fn a_member_cannot_grow_per_view_state() {
+        let keys = crate::sim::member_keys(7, 4);
+        let members: Vec<PeerKey> = keys.iter().map(|k| PeerKey(k.verifying_key().to_bytes())).collect();
+        let cfg = test_config(&members);
         let me = members.iter().position(|k| *k == PeerKey(keys[0].verifying_key().to_bytes())).unwrap();
         let mut m = EpochMachine::new(cfg, keys[me].clone(), Vec::new());
         m.start(0);
@@ -1572,16 +1577,7 @@ mod tests {
     fn restarted_leader_re_sends_its_proposal() {
         let keys = crate::sim::member_keys(9, 4);
         let members: Vec<PeerKey> = keys.iter().map(|k| PeerKey(k.verifying_key().to_bytes())).collect();
-        let cfg = EpochConfig {
-            datanet: DatanetId([1; 32]),
-            epoch: 1,
-            members: members.clone(),
-            prev_attestation: [0; 32],
-            tau: DEFAULT_TAU,
-            timing: Timing::default(),
-            replication: 3,
-            known: Default::default(),
-        };
+        let cfg = test_config(&members);
         let held: Vec<(ContributionId, u64)> = (0..5u8).map(|i| (ContributionId([i + 1; 32]), 10 * i as u64)).collect();
         let mut ms: Vec<EpochMachine> =
             keys.iter().map(|k| EpochMachine::new(cfg.clone(), k.clone(), held.clone())).collect();
