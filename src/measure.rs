@@ -6,20 +6,22 @@
 //! [`measure_epoch`] builds the [`EpochPlan`], trains every coalition job through the trainer's API
 //! ([`UtilityJob`], reusing a [`UtilityCache`]) and scores the utilities exactly as the committee
 //! would; [`contributor_values`] sums the signed unit values per contributor; [`eval_values`] reads
-//! a Datanet's public evaluation file from the store. This room calls `trainer` and `attribution`
-//! and never touches tch itself.
+//! a Datanet's public evaluation file from the store. [`attribute_local`] is all of `datanet
+//! attribute`: a stored Datanet, its base provisioned, every job measured here, one row per
+//! contributor. This room calls `trainer` and `attribution` and never touches tch itself.
 
 use crate::admission::{self, AdmitError};
 use crate::attribution::features::{Embedding, Featurizer};
 use crate::attribution::{self, EpochParams, EpochPlan, InputRecord, PlanError, ScoreError, Scores};
-use crate::ids::{PeerKey, RecordHash};
+use crate::ids::{DatanetId, PeerKey, RecordHash};
 use crate::manifest::{Manifest, TaskKind};
-use crate::store::contributions::AdmittedRecord;
+use crate::store::contributions::{AdmittedRecord, ContributionInfo};
 use crate::store::{Store, StoreError};
-use crate::trainer::TrainError;
-use crate::trainer::utility::UtilityJob;
+use crate::trainer::utility::{UtilityJob, UtilityOptions};
+use crate::trainer::{Base, TrainError};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Utilities already measured, by (job seed, job records): variants of one benchmark scenario that
@@ -153,4 +155,126 @@ pub enum EvalFileError {
 pub async fn eval_values(store: &Store, m: &Manifest) -> Result<Vec<Value>, EvalFileError> {
     let bytes = store.get_blob(&m.eval.public_hash).await.map_err(EvalFileError::Read)?;
     Ok(admission::eval_values(m, &bytes)?)
+}
+
+/// What [`attribute_local`] measures.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Datanet id (hex, or a unique prefix) or name.
+    pub datanet: String,
+    /// Epoch seed (default: BLAKE3 of the Datanet id and "local").
+    pub epoch_seed: Option<[u8; 32]>,
+    /// Coalition jobs (T).
+    pub jobs: u32,
+    /// Base model folder (default: the installed or generated base of the manifest).
+    pub base: Option<PathBuf>,
+    /// libtorch CPU threads per job.
+    pub threads: usize,
+}
+
+/// Why [`attribute_local`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("datanet `{0}` is not known here")]
+    UnknownDatanet(String),
+    #[error(transparent)]
+    Eval(#[from] EvalFileError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error("loading the base from {}", .dir.display())]
+    LoadBase {
+        dir: PathBuf,
+        #[source]
+        source: TrainError,
+    },
+    #[error(transparent)]
+    Measure(#[from] MeasureError),
+}
+
+/// One contributor's line of a local epoch.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ContributorRow {
+    pub contributor: String,
+    pub records: u64,
+    pub new: u64,
+    pub duplicates: u64,
+    pub units: u32,
+    pub screened_out: u32,
+    pub value: i64,
+    pub credit: u64,
+    pub reward: u64,
+}
+
+/// A local epoch: what `datanet attribute` prints.
+pub struct LocalEpoch {
+    pub datanet: DatanetId,
+    pub epoch_seed: [u8; 32],
+    pub params: EpochParams,
+    pub measured: Measured,
+    pub rows: BTreeMap<PeerKey, ContributorRow>,
+}
+
+/// One epoch of attribution over a stored Datanet, every job on this machine: its records and
+/// public evaluation file from the store in `datadir`, the base from
+/// [`crate::trainer::provision_base`] (or `options.base`), [`measure_epoch`], and per contributor
+/// its admission counts, units, value, credit and reward.
+pub async fn attribute_local(
+    datadir: &Path,
+    options: &LocalOptions,
+    progress: &indicatif::ProgressBar,
+) -> Result<LocalEpoch, LocalError> {
+    let store = Store::open(datadir).await?;
+    let (id, m) =
+        store.resolve_datanet(&options.datanet)?.ok_or_else(|| LocalError::UnknownDatanet(options.datanet.clone()))?;
+    let seed = options.epoch_seed.unwrap_or_else(|| {
+        let mut h = blake3::Hasher::new();
+        h.update(id.as_bytes());
+        h.update(b"local");
+        *h.finalize().as_bytes()
+    });
+    let records = store.datanet_records(&id, None).await?;
+    let eval = eval_values(&store, &m).await?;
+    let infos = store.contributions(&id)?;
+    let dir = crate::trainer::provision_base(datadir, &m, &eval, options.base.as_deref())?;
+    let opts = UtilityOptions { threads: options.threads, ..UtilityOptions::default() };
+    let base = Base::load(&dir, opts.device.resolve()?).map_err(|source| LocalError::LoadBase { dir, source })?;
+    let mut job = UtilityJob::new(base, &m.task, &m.recipe, &m.eval.slices, &eval, opts)?;
+    let params = EpochParams { jobs: options.jobs, ..EpochParams::from_manifest(&m) };
+    let mut cache = UtilityCache::new();
+    let measured =
+        measure_epoch(&m.task, m.recipe.seed, &records, &eval, &params, seed, &mut job, &mut cache, progress)?;
+    progress.finish_and_clear();
+    store.close().await?;
+    let rows = contributor_rows(&infos, &measured);
+    Ok(LocalEpoch { datanet: id, epoch_seed: seed, params, measured, rows })
+}
+
+/// Per contributor: admission counts from `infos`, units and screened records from the plan,
+/// value, credit and reward from the scores.
+pub fn contributor_rows(infos: &[ContributionInfo], out: &Measured) -> BTreeMap<PeerKey, ContributorRow> {
+    let values = contributor_values(&out.plan, &out.scores.unit_values);
+    let mut rows: BTreeMap<PeerKey, ContributorRow> = BTreeMap::new();
+    fn row(rows: &mut BTreeMap<PeerKey, ContributorRow>, k: PeerKey) -> &mut ContributorRow {
+        rows.entry(k).or_insert_with(|| ContributorRow { contributor: k.to_hex(), ..ContributorRow::default() })
+    }
+    for c in infos {
+        let r = row(&mut rows, c.signed.body.contributor);
+        r.records += c.meta.records as u64;
+        r.new += c.meta.new_records as u64;
+        r.duplicates += (c.meta.duplicates + c.meta.near_duplicates) as u64;
+    }
+    for s in &out.plan.contributors {
+        let r = row(&mut rows, s.contributor);
+        r.units = s.units;
+        r.screened_out = s.screened_out;
+    }
+    for l in &out.scores.leaves {
+        let r = row(&mut rows, l.contributor);
+        r.credit = l.credit;
+        r.reward = l.reward;
+        r.value = values.get(&l.contributor).copied().unwrap_or(0);
+    }
+    rows
 }

@@ -1,21 +1,15 @@
 //! `datanet attribute <datanet>`: one epoch of attribution run locally, every job on this peer.
 //!
-//! Reads the Datanet's admitted records and public evaluation set from the store, provisions the
-//! base, and hands them to [`measure_epoch`], which builds the
+//! Parses the options and prints what [`attribute_local`] measured: it reads the Datanet's admitted
+//! records and public evaluation set from the store, provisions the base, builds the
 //! [`EpochPlan`](crate::attribution::EpochPlan) (units, screen, coalitions), trains one short LoRA
-//! per coalition job with the real trainer ([`UtilityJob`]) and scores the utilities exactly as the
-//! committee would (the same code DatanetBench runs); this file prints the result.
+//! per coalition job with the real trainer and scores the utilities exactly as the committee
+//! would (`measure::measure_epoch`, the code DatanetBench runs too).
 
 use super::Global;
-use crate::attribution::{self, EpochParams};
-use crate::ids::PeerKey;
-use crate::measure::{UtilityCache, contributor_values, eval_values, measure_epoch};
-use crate::store::Store;
-use crate::trainer::Base;
-use crate::trainer::utility::{UtilityJob, UtilityOptions};
-use anyhow::Context;
+use crate::attribution;
+use crate::measure::{LocalEpoch, LocalOptions, attribute_local};
 use clap::Args;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Options of `datanet attribute`.
@@ -47,74 +41,21 @@ pub fn parse_seed(s: &str) -> anyhow::Result<[u8; 32]> {
 
 /// Runs `datanet attribute`.
 pub async fn run(args: AttributeArgs, g: &Global) -> anyhow::Result<()> {
-    let store = Store::open(&g.datadir()).await?;
-    let (id, m) = store
-        .resolve_datanet(&args.datanet)?
-        .with_context(|| format!("datanet `{}` is not known here", args.datanet))?;
-    let seed = match &args.epoch_seed {
-        Some(s) => parse_seed(s)?,
-        None => {
-            let mut h = blake3::Hasher::new();
-            h.update(id.as_bytes());
-            h.update(b"local");
-            *h.finalize().as_bytes()
-        }
+    let options = LocalOptions {
+        epoch_seed: args.epoch_seed.as_deref().map(parse_seed).transpose()?,
+        datanet: args.datanet,
+        jobs: args.jobs,
+        base: args.base,
+        threads: args.threads,
     };
-    let records = store.datanet_records(&id, None).await?;
-    let eval = eval_values(&store, &m).await?;
-    let infos = store.contributions(&id)?;
-    let dir = crate::trainer::provision_base(&g.datadir(), &m, &eval, args.base.as_deref())?;
-    let opts = UtilityOptions { threads: args.threads, ..UtilityOptions::default() };
-    let base =
-        Base::load(&dir, opts.device.resolve()?).with_context(|| format!("loading the base from {}", dir.display()))?;
-    let mut job = UtilityJob::new(base, &m.task, &m.recipe, &m.eval.slices, &eval, opts)?;
-    let params = EpochParams { jobs: args.jobs, ..EpochParams::from_manifest(&m) };
     let progress =
         if g.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(args.jobs as u64) };
     progress.set_style(
         indicatif::ProgressStyle::with_template("jobs {bar:40} {pos}/{len} {elapsed_precise} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut cache = UtilityCache::new();
-    let out = measure_epoch(&m.task, m.recipe.seed, &records, &eval, &params, seed, &mut job, &mut cache, &progress)?;
-    progress.finish_and_clear();
-    store.close().await?;
-
-    let values = contributor_values(&out.plan, &out.scores.unit_values);
-    #[derive(Default, serde::Serialize)]
-    struct Row {
-        contributor: String,
-        records: u64,
-        new: u64,
-        duplicates: u64,
-        units: u32,
-        screened_out: u32,
-        value: i64,
-        credit: u64,
-        reward: u64,
-    }
-    let mut rows: BTreeMap<PeerKey, Row> = BTreeMap::new();
-    for c in &infos {
-        let r = rows
-            .entry(c.signed.body.contributor)
-            .or_insert_with(|| Row { contributor: c.signed.body.contributor.to_hex(), ..Row::default() });
-        r.records += c.meta.records as u64;
-        r.new += c.meta.new_records as u64;
-        r.duplicates += (c.meta.duplicates + c.meta.near_duplicates) as u64;
-    }
-    for s in &out.plan.contributors {
-        let r =
-            rows.entry(s.contributor).or_insert_with(|| Row { contributor: s.contributor.to_hex(), ..Row::default() });
-        r.units = s.units;
-        r.screened_out = s.screened_out;
-    }
-    for l in &out.scores.leaves {
-        let r =
-            rows.entry(l.contributor).or_insert_with(|| Row { contributor: l.contributor.to_hex(), ..Row::default() });
-        r.credit = l.credit;
-        r.reward = l.reward;
-        r.value = values.get(&l.contributor).copied().unwrap_or(0);
-    }
+    let LocalEpoch { datanet: id, epoch_seed: seed, params, measured: out, rows } =
+        attribute_local(&g.datadir(), &options, &progress).await?;
     let root = attribution::credit_root(&out.scores.leaves);
     if g.json {
         let v = serde_json::json!({
