@@ -91,6 +91,8 @@ pub enum TrainError {
     EmptyEvalSet,
     #[error("record {index}: {reason}")]
     Record { index: usize, reason: String },
+    #[error("training diverged: evaluation loss {after} after training (base {before}); the job has no utility")]
+    Diverged { before: f64, after: f64 },
     #[error("--device cuda: CUDA is not available (libtorch sees no GPU); use --device cpu")]
     CudaUnavailable,
     #[error("unknown device `{0}`; use auto, cpu, cuda or cuda:N")]

@@ -149,12 +149,32 @@ impl UtilityJob {
         let _s = TorchSession::begin(seed, self.opts.threads);
         let (lora, _) = train::train_lora(&self.base, &self.spec, &examples, &cfg, &mut |_| {})?;
         let report = eval::evaluate(&self.base, Some(&lora), &self.eval, self.opts.eval_batch)?;
-        Ok((micro_improvement(self.base_report.weighted_loss, report.weighted_loss), report))
+        Ok((micro_improvement(self.base_report.weighted_loss, report.weighted_loss)?, report))
     }
 }
 
-/// `round(1e6 × (before − after))`, saturating.
-pub fn micro_improvement(before: f64, after: f64) -> i64 {
-    let d = ((before - after) * 1e6).round();
-    if d.is_nan() { 0 } else { d.clamp(i64::MIN as f64, i64::MAX as f64) as i64 }
+/// `round(1e6 × (before − after))`, saturating. A loss that is not finite (a diverged run) is an
+/// error, never a utility: 0 would read as "no effect" and ±∞ as the largest possible one.
+pub fn micro_improvement(before: f64, after: f64) -> Result<i64, TrainError> {
+    if !before.is_finite() || !after.is_finite() {
+        return Err(TrainError::Diverged { before, after });
+    }
+    Ok(((before - after) * 1e6).round().clamp(i64::MIN as f64, i64::MAX as f64) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A diverged run (NaN or infinite loss) is a job failure with its reason, not a utility.
+    #[test]
+    fn diverged_loss_is_an_error() {
+        assert_eq!(micro_improvement(2.0, 1.5).unwrap(), 500_000);
+        assert_eq!(micro_improvement(1.0, 1.25).unwrap(), -250_000);
+        for (b, a) in [(1.0, f64::NAN), (1.0, f64::INFINITY), (f64::NAN, 1.0), (1.0, f64::NEG_INFINITY)] {
+            let e = micro_improvement(b, a).unwrap_err();
+            assert!(matches!(e, TrainError::Diverged { .. }), "{e}");
+            assert!(e.to_string().contains("diverged"), "{e}");
+        }
+    }
 }
