@@ -29,7 +29,8 @@
 //! Players are units, never identities: copying records adds nothing (admission credits the first
 //! contributor; near-duplicates join a cluster), splitting an identity only splits its shares.
 //!
-//! Callers: `attribution::epoch` (the agreement state machine), `cli::attribute`, `bench::attribution`.
+//! Callers: `attribution::epoch` (the agreement state machine), `measure` (for `datanet attribute`
+//! and DatanetBench), `daemon::epoch`.
 
 pub mod epoch;
 pub mod features;
