@@ -192,6 +192,30 @@ async fn api_needs_token_and_serves_metrics() {
     }
     let err = client.post::<_, serde_json::Value>("/api/v1/join", &join("no-such-datanet")).await.unwrap_err();
     assert!(err.to_string().contains("not known here"), "{err}");
+    // `datanet datanet create` while the daemon holds the datadir: created through the daemon,
+    // which joins it; a bad manifest is refused with its reason and joins nothing.
+    let create = |from: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_datanet"))
+            .arg("--datadir")
+            .arg(&p.datadir)
+            .args(["--json", "datanet", "create", "--from"])
+            .arg(from)
+            .output()
+            .unwrap()
+    };
+    let out = create(&root().join("config/datanets/breast_cancer.toml"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["joined"], true, "{made}");
+    let s: daemon::Status = client.get("/api/v1/status").await.unwrap();
+    assert_eq!(s.datanets.len(), 2, "the new Datanet is joined");
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\n").unwrap();
+    let out = create(&bad);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: daemon::Status = client.get("/api/v1/status").await.unwrap();
+    assert_eq!(s.datanets.len(), 2);
     p.stop().await;
 }
 

@@ -10,6 +10,7 @@
 //! came from another peer. Everything but the final commit is pure.
 
 pub mod contamination;
+pub mod create;
 pub mod sealed;
 
 use crate::codec::Signed;

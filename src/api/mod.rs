@@ -108,6 +108,7 @@ pub async fn serve(datadir: &Path, cfg: &ApiConfig, daemon: DaemonHandle) -> Res
         .route("/api/v1/status", get(status))
         .route("/api/v1/peers", get(peers))
         .route("/api/v1/join", post(join))
+        .route("/api/v1/datanets", post(create_datanet))
         .route("/api/v1/contribute", post(contribute))
         .merge(epoch::routes(state.daemon.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -177,6 +178,20 @@ async fn peers(State(st): State<AppState>) -> Response {
 pub struct JoinRequest {
     pub manifest_hex: Option<String>,
     pub datanet: Option<String>,
+}
+
+/// `POST /api/v1/datanets`: create a Datanet from a manifest file on this machine (this peer
+/// signs as founder), store it and join it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub path: PathBuf,
+}
+
+async fn create_datanet(State(st): State<AppState>, Json(req): Json<CreateRequest>) -> Response {
+    match st.daemon.create(&req.path).await {
+        Ok(c) => Json(c).into_response(),
+        Err(e) => bad_request(e),
+    }
 }
 
 async fn join(State(st): State<AppState>, Json(req): Json<JoinRequest>) -> Response {

@@ -4,10 +4,9 @@
 
 use super::Global;
 use crate::admission;
-use crate::codec::Signed;
 use crate::identity::Identity;
 use crate::ids::DatanetId;
-use crate::manifest::{Manifest, ManifestFile};
+use crate::manifest::Manifest;
 use crate::store::Store;
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -80,9 +79,12 @@ pub(crate) fn resolve(store: &Store, key: &str) -> anyhow::Result<(DatanetId, Ma
 
 /// `datanet datanet …`
 pub async fn run_datanet(cmd: DatanetCmd, g: &Global) -> anyhow::Result<()> {
+    if let DatanetCmd::Create { from } = &cmd {
+        return create_cmd(from, g).await;
+    }
     let (identity, store) = open_store(g).await?;
     let r = match cmd {
-        DatanetCmd::Create { from } => create(&store, &identity, &from, g).await,
+        DatanetCmd::Create { .. } => unreachable!("handled above"),
         DatanetCmd::Sealed { cmd } => sealed_cmd(&store, &identity, cmd, g).await,
         DatanetCmd::Show { datanet } => {
             let (id, m) = resolve(&store, &datanet)?;
@@ -140,34 +142,42 @@ pub async fn run_datanet(cmd: DatanetCmd, g: &Global) -> anyhow::Result<()> {
     r
 }
 
-async fn create(store: &Store, identity: &Identity, from: &std::path::Path, g: &Global) -> anyhow::Result<()> {
-    let file = ManifestFile::read(from)?;
-    let base = from.parent().unwrap_or(std::path::Path::new("."));
-    let check_seed = |s: &str| crate::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
-    let (mut manifest, eval) = file.into_manifest(base, identity.public_key(), &check_seed)?;
-    admission::parse_eval(&manifest, &eval.public).context("eval.public")?;
-    let pool = admission::sealed::seal_manifest(&mut manifest, eval.secret.as_deref()).context("eval.secret")?;
-    let public_hash = store.put_blob(eval.public).await?;
-    debug_assert_eq!(public_hash, manifest.eval.public_hash);
-    let signed = Signed::sign(manifest, &identity.signing_key());
-    let id = signed.body.id();
-    // The sealed pool stays in the founder's database (never a blob: nobody can fetch it) until
-    // `datanet datanet sealed export` hands it to the other members.
-    if let Some(pool) = &pool {
-        store.put_sealed_pool(&id, pool).await?;
-    }
-    store.put_manifest(&signed).await?;
-    let sealed: u32 = signed.body.eval.sealed.iter().map(|p| p.count).sum();
-    if g.json {
-        println!("{}", serde_json::json!({"id": id.to_hex(), "name": signed.body.name, "sealed_records": sealed}));
-    } else {
-        println!("created datanet {} ({})", signed.body.name, id);
-        if sealed > 0 {
-            println!(
-                "sealed evaluation pool: {sealed} records committed; give it to every committee member with `datanet datanet sealed export {} --out FILE` (keep FILE secret)",
-                signed.body.name
-            );
+/// `datanet datanet create`: through the running daemon when there is one (it stores and joins
+/// the new Datanet), else into the store (`datanet run` then joins it on `datanet join <name>`).
+async fn create_cmd(from: &std::path::Path, g: &Global) -> anyhow::Result<()> {
+    let (created, joined) = match crate::api::ApiClient::from_datadir(&g.datadir()) {
+        Some(api) => {
+            let path = std::fs::canonicalize(from).with_context(|| format!("reading {}", from.display()))?;
+            let c: crate::admission::create::Created =
+                api.post("/api/v1/datanets", &crate::api::CreateRequest { path }).await?;
+            (c, true)
         }
+        None => {
+            let (identity, store) = open_store(g).await?;
+            let check_seed = |s: &str| crate::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
+            let r = crate::admission::create::create_datanet(&store, &identity, from, &check_seed).await;
+            store.close().await?;
+            (r.map_err(anyhow::Error::msg)?, false)
+        }
+    };
+    if g.json {
+        println!(
+            "{}",
+            serde_json::json!({"id": created.id.to_hex(), "name": created.name, "sealed_records": created.sealed_records, "joined": joined})
+        );
+        return Ok(());
+    }
+    println!("created datanet {} ({})", created.name, created.id);
+    if joined {
+        println!("the running daemon joined it");
+    } else {
+        println!("no daemon is running here: `datanet run`, then `datanet join {}` to take part", created.name);
+    }
+    if created.sealed_records > 0 {
+        println!(
+            "sealed evaluation pool: {} records committed; give it to every committee member with `datanet datanet sealed export {} --out FILE` (keep FILE secret)",
+            created.sealed_records, created.name
+        );
     }
     Ok(())
 }

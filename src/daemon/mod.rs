@@ -150,6 +150,7 @@ enum Command {
     Status(oneshot::Sender<Status>),
     Join(Box<SignedManifest>, oneshot::Sender<Result<DatanetId, String>>),
     JoinId(DatanetId, oneshot::Sender<Result<DatanetId, String>>),
+    Create(PathBuf, oneshot::Sender<Result<admission::create::Created, String>>),
     /// A Datanet's name, id or unique id prefix, resolved against the stored manifests.
     JoinKey(String, oneshot::Sender<Result<DatanetId, String>>),
     Contribute {
@@ -228,6 +229,12 @@ impl DaemonHandle {
     /// Joins a Datanet whose manifest is already in the store.
     pub async fn join_id(&self, id: DatanetId) -> Result<DatanetId, DaemonError> {
         self.ask(|r| Command::JoinId(id, r)).await?.map_err(|e| DaemonError::Join(id.short(), e))
+    }
+
+    /// Creates a Datanet from a manifest file (this peer signs as founder), stores it and joins it.
+    pub async fn create(&self, path: &Path) -> Result<admission::create::Created, String> {
+        let path = path.to_path_buf();
+        self.ask(|r| Command::Create(path, r)).await.map_err(|e| e.to_string())?
     }
 
     /// Joins a stored Datanet given as its name, id or a unique id prefix (what every command takes).
@@ -533,6 +540,14 @@ impl DaemonActor {
             }
             Command::JoinId(id, reply) => {
                 let _ = reply.send(self.join_id(id).await);
+            }
+            Command::Create(path, reply) => {
+                let check = |s: &str| net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
+                let r = match admission::create::create_datanet(&self.store, &self.identity, &path, &check).await {
+                    Ok(c) => self.join_id(c.id).await.map(|_| c),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
             }
             Command::Contribute { datanet, path, skip_invalid, reply } => {
                 let (store, identity, internal) = (self.store.clone(), self.identity.clone(), self.internal.clone());
