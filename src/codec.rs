@@ -11,6 +11,11 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// A type with one canonical encoding and a size limit.
+
+/// Largest encoded epoch message: the bound of every epoch wire type and of what they carry
+/// (`attribution::epoch::messages` re-exports it; `sealed` bounds its extensions by it).
+pub const EPOCH_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 pub trait Canonical: Serialize + DeserializeOwned {
     /// Domain-separation tag, also used as the hashing context.
     const TAG: &'static [u8];

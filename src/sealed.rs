@@ -96,7 +96,7 @@ pub struct Reveal {
 
 impl Canonical for Reveal {
     const TAG: &'static [u8] = b"datanet/sealed-reveal/v1";
-    const MAX_BYTES: usize = crate::attribution::epoch::messages::EPOCH_MESSAGE_BYTES_MAX;
+    const MAX_BYTES: usize = crate::codec::EPOCH_MESSAGE_BYTES_MAX;
 }
 
 /// One part's reveal.

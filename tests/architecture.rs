@@ -21,9 +21,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
     // The daemon starts the API server (`api::serve`) that holds its `DaemonHandle`: the launcher,
     // not the daemon, should start it (not yet done; daemon/mod.rs and api/mod.rs).
     ("daemon", "api", "daemon::start calls api::serve"),
-    // `sealed` bounds its signed extension by attribution::epoch::messages::EPOCH_MESSAGE_BYTES_MAX,
-    // while attribution carries sealed::Reveal: the constant belongs below both (not yet done).
-    ("sealed", "attribution", "sealed uses EPOCH_MESSAGE_BYTES_MAX"),
 ];
 
 /// Skips comments and string/char literals (replaced by spaces), keeping line structure.

@@ -24,8 +24,9 @@ pub const COMMITTEE_MAX: usize = 512;
 pub const INPUT_ITEMS_MAX: usize = 16_384;
 /// Most reports a score proposal may carry.
 pub const REPORTS_MAX: usize = 8_192;
-/// Largest encoded epoch message (gossipsub `max_transmit_size` must be at least this).
-pub const EPOCH_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest encoded epoch message (gossipsub `max_transmit_size` must be at least this); it lives
+/// in `codec` so that `sealed`, whose reveals epoch messages carry, can bound by it too.
+pub use crate::codec::EPOCH_MESSAGE_BYTES_MAX;
 
 /// The certified steps of an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
