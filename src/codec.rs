@@ -10,12 +10,11 @@ use crate::ids::PeerKey;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-/// A type with one canonical encoding and a size limit.
-
 /// Largest encoded epoch message: the bound of every epoch wire type and of what they carry
 /// (`attribution::epoch::messages` re-exports it; `sealed` bounds its extensions by it).
 pub const EPOCH_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// A type with one canonical encoding and a size limit.
 pub trait Canonical: Serialize + DeserializeOwned {
     /// Domain-separation tag, also used as the hashing context.
     const TAG: &'static [u8];
