@@ -67,9 +67,7 @@ fn load_or_create_token(path: &Path) -> Result<String, ApiError> {
             Ok(token.to_string())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut raw = [0u8; 32];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
-            let token = hex::encode(raw);
+            let token = super::random_token();
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
             }

@@ -95,9 +95,7 @@ pub async fn serve(datadir: &Path, cfg: &ApiConfig, daemon: DaemonHandle) -> Res
         .await
         .map_err(|e| ApiError::Bind { addr: cfg.bind.clone(), reason: e.to_string() })?;
     let addr = listener.local_addr().map_err(|e| ApiError::Bind { addr: cfg.bind.clone(), reason: e.to_string() })?;
-    let mut raw = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
-    let token = hex::encode(raw);
+    let token = random_token();
     write_private(&datadir.join(COOKIE_FILE), token.as_bytes())?;
     write_private(&datadir.join(ADDR_FILE), addr.to_string().as_bytes())?;
     let metrics = metrics::MetricsAccess::from_config(datadir, cfg, addr)?;
@@ -126,6 +124,13 @@ pub async fn serve(datadir: &Path, cfg: &ApiConfig, daemon: DaemonHandle) -> Res
     });
     tracing::info!(target: "datanet::api", %addr, "api listening");
     Ok(ApiServer { addr, stop, task })
+}
+
+/// A fresh random API token: 32 bytes from the OS, as 64 hex digits.
+fn random_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+    hex::encode(raw)
 }
 
 /// Constant-time comparison of the presented token.

@@ -422,15 +422,17 @@ const PEER_STATE_MAX: usize = 4096;
 /// With the peer-record table full, the record to drop for a new one from `newcomer`: the
 /// oldest-issued record of a disconnected peer (ties by key), and only when the newcomer is
 /// connected. `None`: keep the table, ignore the newcomer.
+/// The table is only walked for a connected newcomer, so a flood of relayed records costs a set
+/// lookup each.
 fn record_to_evict(
-    issued: &[(PeerKey, u64)],
+    issued: impl Iterator<Item = (PeerKey, u64)>,
     connected: &std::collections::HashSet<PeerKey>,
     newcomer: &PeerKey,
 ) -> Option<PeerKey> {
     if !connected.contains(newcomer) {
         return None;
     }
-    issued.iter().filter(|(k, _)| !connected.contains(k)).min_by_key(|(k, t)| (*t, *k)).map(|(k, _)| *k)
+    issued.filter(|(k, _)| !connected.contains(k)).min_by_key(|&(k, t)| (t, k)).map(|(k, _)| k)
 }
 
 impl NetActor {
@@ -673,8 +675,8 @@ impl NetActor {
             // ignored (and not forwarded), so they cannot evict the providers already known.
             let connected: std::collections::HashSet<PeerKey> =
                 self.connected.keys().filter_map(|p| keys::peer_key(p).ok()).collect();
-            let issued: Vec<(PeerKey, u64)> = self.records.iter().map(|(k, r)| (*k, r.body.issued_ms)).collect();
-            match record_to_evict(&issued, &connected, &key) {
+            let issued = self.records.iter().map(|(k, r)| (*k, r.body.issued_ms));
+            match record_to_evict(issued, &connected, &key) {
                 Some(old) => {
                     self.records.remove(&old);
                     self.blobs.forget(&old);
@@ -882,11 +884,15 @@ mod tests {
     #[test]
     fn full_record_table_keeps_known_providers() {
         let k = |i: u8| PeerKey([i; 32]);
-        let issued = vec![(k(1), 50), (k(2), 10), (k(3), 10), (k(4), 5)];
+        let issued = [(k(1), 50), (k(2), 10), (k(3), 10), (k(4), 5)];
         let connected: std::collections::HashSet<PeerKey> = [k(4), k(9)].into_iter().collect();
-        assert_eq!(record_to_evict(&issued, &connected, &k(9)), Some(k(2)));
-        assert_eq!(record_to_evict(&issued, &connected, &k(7)), None, "a fresh relayed key gets no room");
+        assert_eq!(record_to_evict(issued.iter().copied(), &connected, &k(9)), Some(k(2)));
+        assert_eq!(
+            record_to_evict(issued.iter().copied(), &connected, &k(7)),
+            None,
+            "a fresh relayed key gets no room"
+        );
         let all: std::collections::HashSet<PeerKey> = [k(1), k(2), k(3), k(4), k(9)].into_iter().collect();
-        assert_eq!(record_to_evict(&issued, &all, &k(9)), None, "connected peers are never evicted");
+        assert_eq!(record_to_evict(issued.iter().copied(), &all, &k(9)), None, "connected peers are never evicted");
     }
 }
