@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= never
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/datanet
 
-.PHONY: setup test check build release demo fuzz sim-long bench-ingest bench-gossip bench-replicate \
+.PHONY: setup browser test check build release demo fuzz sim-long bench-ingest bench-gossip bench-replicate \
 	bench-train bench-attribution bench-agreement clean-cache
 
 setup: $(VENV)/.torch-ok $(VENV)/.interop-ok
@@ -31,7 +31,11 @@ release: setup
 check: setup
 	$(CARGO) check --all-targets
 
-test: setup
+# The status-page test drives a headless chromium when one is installed (skips without).
+browser:
+	@bash scripts/setup.sh --browser
+
+test: setup browser
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets -- --test-threads=2

@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
 # Installs the pinned PyTorch wheel (libtorch for tch) into a cache folder keyed by version, and,
 # with --interop, the Python reference clients (transformers, peft) used by the interoperability test.
+# With --browser, only Debian's chromium for the status-page test (see below).
 # Reused when present; safe to run again. Prints the venv path on its last line.
 set -euo pipefail
+# --browser: only the headless browser the status-page test drives (Debian's chromium), best effort:
+# without root or apt the test skips and says so.
+if [ "${1:-}" = "--browser" ]; then
+  command -v chromium >/dev/null 2>&1 && exit 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (headless status-page test)" >&2
+    (DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) >&2 ||
+      echo "setup: chromium not installed; the status-page browser check will skip" >&2
+  else
+    echo "setup: no root or apt-get; the status-page browser check will skip" >&2
+  fi
+  exit 0
+fi
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 CACHE="${DATANET_CACHE:-$HOME/.cache/datanet}"
 VENV="$CACHE/torch-$TORCH_VERSION"

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod measure;
 pub mod merkle;
 pub mod net;
+pub mod node;
 pub mod records;
 pub mod sealed;
 pub mod sim;

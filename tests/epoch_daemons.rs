@@ -9,11 +9,12 @@ use common::wait_until;
 use datanet::attribution::epoch::Attestation;
 use datanet::codec::{self, Signed};
 use datanet::config::Config;
-use datanet::daemon::{self, Daemon, DaemonHandle};
+use datanet::daemon::DaemonHandle;
 use datanet::identity::Identity;
 use datanet::ids::DatanetId;
 use datanet::manifest::{ManifestFile, SignedManifest};
 use datanet::net::TopicKind;
+use datanet::node::{self, Node};
 use datanet::store::Store;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -64,8 +65,8 @@ fn test_config(seeds: &[String]) -> Config {
     c
 }
 
-async fn start(dir: &Path, cfg: Config, m: &SignedManifest) -> Daemon {
-    let d = tokio::time::timeout(WAIT, daemon::start(dir, cfg)).await.expect("daemon start timed out").unwrap();
+async fn start(dir: &Path, cfg: Config, m: &SignedManifest) -> Node {
+    let d = tokio::time::timeout(WAIT, node::start(dir, cfg)).await.expect("daemon start timed out").unwrap();
     d.handle().join(m.clone()).await.unwrap();
     d
 }
@@ -229,6 +230,50 @@ async fn four_daemons_attest_one_epoch() {
     assert_eq!(v["head_epoch"], 1);
     let total: u64 = v["contributors"].as_array().unwrap().iter().map(|c| c["reward"].as_u64().unwrap()).sum();
     assert_eq!(total, a.leaves.iter().map(|l| l.reward).sum::<u64>());
+
+    // The status tells the story after the epoch: the ledger head, this peer's reward (its credit
+    // leaf), the attested epoch heard from the whole committee, and the jobs the peers measured.
+    let mut assigned = 0;
+    for (i, h) in hs.iter().enumerate() {
+        let s = h.status().await.unwrap();
+        let ds = s.datanets.iter().find(|x| x.id == d.to_hex()).unwrap();
+        assert_eq!((ds.ledger.head_epoch, ds.ledger.attested), (Some(1), 1), "p{i}");
+        let mine: u64 = a.leaves.iter().filter(|l| l.contributor == ids[i].public_key()).map(|l| l.reward).sum();
+        assert_eq!(ds.mine.reward, mine.to_string(), "p{i}'s reward");
+        let e = &ds.epoch;
+        assert!(e.member && e.committee == PEERS && e.heard_from == PEERS, "p{i}: {e:?}");
+        assert_eq!(e.current.as_ref().map(|c| c.epoch), Some(1), "p{i}: {e:?}");
+        assert!(e.jobs_measured <= e.jobs_assigned && !e.training, "p{i}: {e:?}");
+        assigned += e.jobs_assigned;
+    }
+    assert!(assigned >= m.body.protocol.jobs, "every job was assigned to a member ({assigned})");
+    // `datanet status` prints the same story while the daemon runs, and so does the page, which a
+    // real headless browser renders (screenshot under target/).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_datanet"))
+        .arg("--datadir")
+        .arg(&dirs[1])
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("ledger: head epoch 1"), "{text}");
+    assert!(text.contains("this peer: credit") && text.contains("heard from 4 of 4"), "{text}");
+    let api = hs[1].api_addr().unwrap();
+    let token = std::fs::read_to_string(dirs[1].join("api.cookie")).unwrap();
+    let shot = root().join("target/status-page.png");
+    if let Some(dom) = common::headless_page(&format!("http://{api}/?token={}", token.trim()), &shot) {
+        let p1: u64 = a.leaves.iter().filter(|l| l.contributor == ids[1].public_key()).map(|l| l.reward).sum();
+        for want in [
+            m.body.name.as_str(),
+            "head: epoch 1",
+            "heard from 4 of 4 committee members",
+            &format!("reward <b class=\"reward\">{p1}</b>"),
+            "http-equiv=\"refresh\"",
+        ] {
+            assert!(dom.contains(want), "the rendered page lacks {want:?}: {dom}");
+        }
+        println!("status page rendered by chromium, screenshot at {}", shot.display());
+    }
 
     // A peer that joins after the epoch (not in the committee, empty ledger) catches its ledger up
     // from the others: it asks for the attestations after its head and appends each one that

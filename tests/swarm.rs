@@ -9,11 +9,12 @@ use datanet::codec::{self, Signed};
 use datanet::config::Config;
 use datanet::daemon::metrics::RejectReason;
 use datanet::daemon::wire::ContributionsMessage;
-use datanet::daemon::{self, Daemon, DaemonHandle};
+use datanet::daemon::{self, DaemonHandle};
 use datanet::identity::Identity;
 use datanet::ids::{BlobHash, DatanetId, MerkleRoot};
 use datanet::manifest::{ManifestFile, SignedManifest};
 use datanet::net::TopicKind;
+use datanet::node::{self, Node};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -26,8 +27,16 @@ fn root() -> PathBuf {
 
 /// The instruct demo Datanet, founded by a fixed identity.
 fn manifest() -> SignedManifest {
+    manifest_named(None)
+}
+
+/// The instruct demo Datanet, renamed when `name` is given (another Datanet id).
+fn manifest_named(name: Option<&str>) -> SignedManifest {
     let founder = Identity::from_seed([200; 32]);
-    let file = ManifestFile::read(&root().join("config/datanets/instruct.toml")).unwrap();
+    let mut file = ManifestFile::read(&root().join("config/datanets/instruct.toml")).unwrap();
+    if let Some(n) = name {
+        file.name = n.to_string();
+    }
     let check = |s: &str| datanet::net::parse_seed_addr(s).map(|_| ()).map_err(|e| e.to_string());
     let (m, _) = file.into_manifest(&root().join("config/datanets"), founder.public_key(), &check).unwrap();
     Signed::sign(m, &founder.signing_key())
@@ -47,7 +56,7 @@ fn test_config(seeds: &[String]) -> Config {
 
 struct Peer {
     datadir: PathBuf,
-    daemon: Option<Daemon>,
+    daemon: Option<Node>,
 }
 
 impl Peer {
@@ -56,8 +65,7 @@ impl Peer {
         if !datadir.join("identity.key").exists() {
             Identity::init(&datadir).unwrap();
         }
-        let d =
-            tokio::time::timeout(WAIT, daemon::start(&datadir, cfg)).await.expect("daemon start timed out").unwrap();
+        let d = tokio::time::timeout(WAIT, node::start(&datadir, cfg)).await.expect("daemon start timed out").unwrap();
         d.handle().join(m.clone()).await.unwrap();
         Peer { datadir, daemon: Some(d) }
     }
@@ -158,7 +166,26 @@ async fn api_needs_token_and_serves_metrics() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let m = manifest();
+    // A Datanet stored on this peer but not joined: the status lists it with the command that joins it.
+    let other = manifest_named(Some("stored-only"));
+    {
+        let dir = tmp.path().join("api");
+        Identity::init(&dir).unwrap();
+        let store = datanet::store::Store::open(&dir).await.unwrap();
+        store.put_manifest(&other).await.unwrap();
+        store.close().await.unwrap();
+    }
     let mut p = Peer::start(tmp.path(), "api", test_config(&[]), &m).await;
+    let s = p.h().status().await.unwrap();
+    assert_eq!(s.not_joined.len(), 1, "{:?}", s.not_joined);
+    assert_eq!(
+        (s.not_joined[0].name.as_str(), s.not_joined[0].join_with.as_str()),
+        ("stored-only", "datanet join stored-only")
+    );
+    // Before any epoch: the committee, and when the first epoch may start.
+    let e = &s.datanets[0].epoch;
+    assert!(e.current.is_none() && e.next_epoch == 1 && e.committee > 0, "{e:?}");
+    assert_eq!((s.datanets[0].ledger.head_epoch, s.datanets[0].mine.reward.as_str()), (None, "0"));
     let addr = p.h().api_addr().expect("api bound");
     assert!(addr.ip().is_loopback());
     let cookie = p.datadir.join("api.cookie");
@@ -182,7 +209,11 @@ async fn api_needs_token_and_serves_metrics() {
         assert!(metrics.contains(name), "metrics lack {name}");
     }
     let page = client.get_text("/").await.unwrap();
-    assert!(page.contains("instruct-demo"));
+    assert!(page.contains("instruct-demo") && page.contains("datanet join stored-only"), "{page}");
+    // The page's `?token=` is URL-decoded like any query value.
+    let token = std::fs::read_to_string(&cookie).unwrap();
+    let r = http.get(format!("http://{addr}/?other=1&token={}", token.trim())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     // `datanet join NAME` (the API's join by name or id prefix) works like every other command,
     // and an unknown name gets a message saying what to give instead.
     let join = |d: &str| datanet::api::JoinRequest { manifest_hex: None, datanet: Some(d.to_string()) };

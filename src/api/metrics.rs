@@ -168,8 +168,8 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), r.send()).await.unwrap().unwrap().status().as_u16()
     }
 
-    async fn start(datadir: &Path, api: ApiConfig) -> crate::daemon::Daemon {
-        let start = crate::daemon::start(datadir, Config { api, ..Config::default() });
+    async fn start(datadir: &Path, api: ApiConfig) -> crate::node::Node {
+        let start = crate::node::start(datadir, Config { api, ..Config::default() });
         tokio::time::timeout(Duration::from_secs(60), start).await.expect("daemon start timed out").unwrap()
     }
 

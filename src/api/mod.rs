@@ -11,13 +11,14 @@
 
 pub mod epoch;
 pub mod metrics;
+mod page;
 
 use crate::config::ApiConfig;
 use crate::daemon::DaemonHandle;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,7 @@ pub async fn serve(datadir: &Path, cfg: &ApiConfig, daemon: DaemonHandle) -> Res
     let addr = listener.local_addr().map_err(|e| ApiError::Bind { addr: cfg.bind.clone(), reason: e.to_string() })?;
     let token = random_token();
     write_private(&datadir.join(COOKIE_FILE), token.as_bytes())?;
+    daemon.set_api_addr(addr);
     write_private(&datadir.join(ADDR_FILE), addr.to_string().as_bytes())?;
     let metrics = metrics::MetricsAccess::from_config(datadir, cfg, addr)?;
     let state = AppState { token, metrics, daemon };
@@ -133,10 +135,11 @@ fn random_token() -> String {
     hex::encode(raw)
 }
 
-/// Constant-time comparison of the presented token.
+/// Constant-time comparison of the presented token (`subtle`; a length mismatch ends early,
+/// which reveals only the token's length).
 fn token_matches(expected: &str, got: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), got.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    expected.as_bytes().ct_eq(got.as_bytes()).into()
 }
 
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
@@ -146,8 +149,11 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    let query =
-        req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).map(str::to_string);
+    let query = req
+        .uri()
+        .query()
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token"))
+        .map(|(_, v)| v.into_owned());
     if metrics::authorized(req.uri().path(), bearer.or(query).as_deref(), &st.token, &st.metrics) {
         next.run(req).await
     } else {
@@ -236,64 +242,14 @@ async fn contribute(State(st): State<AppState>, Json(req): Json<ContributeReques
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
 async fn index(State(st): State<AppState>) -> Response {
-    let s = match st.daemon.status().await {
+    let mut s = match st.daemon.status().await {
         Ok(s) => s,
         Err(e) => return internal(e),
     };
+    s.api = st.daemon.api_addr().map(|a| a.to_string());
     let peers = st.daemon.peers().await;
-    let mut h = String::from(
-        "<!doctype html><meta charset=utf-8><title>datanet</title>\
-         <style>body{font:14px monospace;margin:2em}td,th{padding:2px 10px;text-align:left}</style>",
-    );
-    h += &format!("<h1>datanet peer {}</h1>", esc(&s.peer_key[..16]));
-    h += &format!(
-        "<p>peer id {}<br>listen {}<br>iroh {}</p>",
-        esc(&s.peer_id),
-        esc(&s.listen.join(" ")),
-        esc(&s.iroh_addrs.join(" "))
-    );
-    h += &format!("<h2>Peers ({})</h2><table><tr><th>peer<th>score<th>addresses", peers.len());
-    for p in &peers {
-        h += &format!(
-            "<tr><td>{}<td>{}<td>{}",
-            esc(&p.peer_id),
-            p.score.map(|x| format!("{x:.1}")).unwrap_or_default(),
-            esc(&p.addrs.join(" "))
-        );
-    }
-    h += "</table>";
-    h += &format!("<h2>Datanets ({})</h2>", s.datanets.len());
-    for d in &s.datanets {
-        h += &format!(
-            "<h3>{} <small>{}</small></h3><p>mesh peers {}</p><table><tr><th>contribution<th>contributor<th>records<th>bytes<th>holders<th>source",
-            esc(&d.name),
-            esc(&d.id[..16]),
-            d.mesh_peers
-        );
-        for c in &d.contributions {
-            h += &format!(
-                "<tr><td>{}<td>{}<td>{}<td>{}<td>{}<td>{}",
-                esc(&c.id[..16]),
-                esc(&c.contributor[..8]),
-                c.records,
-                c.bytes,
-                c.holders,
-                esc(&c.source)
-            );
-        }
-        h += "</table>";
-    }
-    h += &format!(
-        "<p>fetches running {}, queued {} · <a href=\"/metrics\">metrics</a></p>",
-        s.fetch_in_flight, s.fetch_queued
-    );
-    h += "<p>Training progress, epochs and attestations appear here once those rooms run in the daemon.</p>";
-    Html(h).into_response()
+    page::render(&s, &peers).into_response()
 }
 
 /// A client for the CLI: reads `<datadir>/api.addr` and `api.cookie`.

@@ -113,6 +113,45 @@ fn print_status(s: &Status) {
                 if sp.low { " — LOW: the founder should extend it" } else { "" }
             );
         }
+        let e = &d.epoch;
+        match &e.current {
+            Some(c) => {
+                let deadline = e
+                    .next_deadline_in_ms
+                    .map(|t| format!(", next deadline in {} s", t.div_ceil(1000)))
+                    .unwrap_or_default();
+                println!(
+                    "  epoch {}: {} — heard from {} of {} committee members{deadline}",
+                    c.epoch, c.stage, e.heard_from, e.committee
+                );
+                println!(
+                    "  jobs of this peer: {} of {} measured{}",
+                    e.jobs_measured,
+                    e.jobs_assigned,
+                    if e.training { ", training now" } else { "" }
+                );
+            }
+            None if e.next_opens_in_ms == 0 => println!("  no epoch running; epoch {} may start now", e.next_epoch),
+            None => {
+                println!("  no epoch running; epoch {} opens in {} s", e.next_epoch, e.next_opens_in_ms.div_ceil(1000))
+            }
+        }
+        if !e.member {
+            println!("  this peer is not on the committee ({} members)", e.committee);
+        }
+        if let Some(err) = &e.last_error {
+            println!("  last epoch problem: {err}");
+        }
+        match d.ledger.head_epoch {
+            Some(h) => println!(
+                "  ledger: head epoch {h} ({}), {} attested; pool per epoch {}",
+                d.ledger.head_hash.as_deref().map(|x| &x[..16]).unwrap_or(""),
+                d.ledger.attested,
+                d.ledger.pool_per_epoch
+            ),
+            None => println!("  ledger: no attested epoch yet; pool per epoch {}", d.ledger.pool_per_epoch),
+        }
+        println!("  this peer: credit {}, reward {} over {} epochs", d.mine.credit, d.mine.reward, d.mine.epochs);
         println!(
             "  {:<16} {:<10} {:>8} {:>10} {:>7} source",
             "contribution", "contributor", "records", "bytes", "holders"
@@ -127,6 +166,12 @@ fn print_status(s: &Status) {
                 c.holders,
                 c.source
             );
+        }
+    }
+    if !s.not_joined.is_empty() {
+        println!("\nstored here, not joined (nothing replicates or runs for these):");
+        for l in &s.not_joined {
+            println!("  {:<24} {}  join with: {}", l.name, &l.id[..16], l.join_with);
         }
     }
 }

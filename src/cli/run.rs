@@ -70,13 +70,14 @@ pub fn effective_config(args: &RunArgs, g: &Global) -> anyhow::Result<(PathBuf, 
         _ => g.datadir(),
     };
     cfg.validate()?;
+    crate::net::check_addresses(&cfg)?;
     Ok((datadir, cfg))
 }
 
 /// `datanet run`
 pub async fn run(args: RunArgs, g: &Global) -> anyhow::Result<()> {
     let (datadir, cfg) = effective_config(&args, g)?;
-    let daemon = crate::daemon::start(&datadir, cfg.clone())
+    let daemon = crate::node::start(&datadir, cfg.clone())
         .await
         .with_context(|| format!("starting the daemon in {}", datadir.display()))?;
     let h = daemon.handle().clone();

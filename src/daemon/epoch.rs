@@ -43,7 +43,7 @@ use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -245,6 +245,11 @@ struct Running {
     /// Jobs the machine asked for that no training task has taken yet.
     jobs: Vec<u32>,
     training: bool,
+    /// Every job the machine assigned to this peer, and those measured (for the status).
+    assigned: BTreeSet<u32>,
+    measured: BTreeSet<u32>,
+    /// Committee members whose messages for this epoch the machine accepted.
+    heard: BTreeSet<PeerKey>,
 }
 
 /// The driver's state, owned by the actor.
@@ -432,6 +437,34 @@ impl DaemonActor {
         out
     }
 
+    /// The epoch side of a joined Datanet for [`super::Status`].
+    pub(super) fn epoch_view(&self, d: &DatanetId, m: &Manifest) -> super::EpochView {
+        let me = self.identity.public_key();
+        let next_epoch = self.next_epoch(d).unwrap_or(FIRST_EPOCH);
+        let now = self.epochs.now_ms();
+        let r = self.epochs.running.get(d);
+        let heard = r.map(|r| {
+            let mut h = r.heard.clone();
+            if m.committee.members.contains(&me) {
+                h.insert(me);
+            }
+            h.len()
+        });
+        super::EpochView {
+            committee: m.committee.members.len(),
+            member: m.committee.members.contains(&me),
+            current: r.map(|r| r.machine.status()),
+            heard_from: heard.unwrap_or(0),
+            next_deadline_in_ms: r.and_then(|r| r.machine.next_deadline()).map(|t| t.saturating_sub(now)),
+            next_epoch,
+            next_opens_in_ms: m.epoch_opens_ms(next_epoch).saturating_sub(unix_ms()),
+            jobs_assigned: r.map(|r| r.assigned.len() as u32).unwrap_or(0),
+            jobs_measured: r.map(|r| r.measured.len() as u32).unwrap_or(0),
+            training: r.is_some_and(|r| r.training),
+            last_error: self.epochs.errors.get(d).cloned(),
+        }
+    }
+
     fn rewards(&self, datanet: &str) -> Result<RewardsReport, String> {
         let d = self.resolve_known(datanet)?;
         Ledger::open(self.store.db()).report(&d).map_err(|e| e.to_string())
@@ -480,7 +513,18 @@ impl DaemonActor {
             actions.push(Action::Attested { attestation: Box::new(a.clone()), standing_lost: Vec::new() });
         }
         self.epochs.errors.remove(&d);
-        self.epochs.running.insert(d, Running { machine, planned: None, jobs: Vec::new(), training: false });
+        self.epochs.running.insert(
+            d,
+            Running {
+                machine,
+                planned: None,
+                jobs: Vec::new(),
+                training: false,
+                assigned: BTreeSet::new(),
+                measured: BTreeSet::new(),
+                heard: BTreeSet::new(),
+            },
+        );
         self.epoch_apply(d, actions).await;
         Ok(())
     }
@@ -577,6 +621,9 @@ impl DaemonActor {
         let Some(r) = self.epochs.running.get_mut(&d) else { return MessageAcceptance::Ignore };
         let actions = r.machine.on_bytes(now, data);
         let rejected = actions.iter().any(|a| matches!(a, Action::Rejected { .. }));
+        if let Some(k) = msg.signer().filter(|k| !rejected && self.joined[&d].committee.members.contains(k)) {
+            r.heard.insert(k);
+        }
         self.epoch_apply(d, actions).await;
         // The machine refuses only bad input for this epoch (signature, committee, assignment,
         // size): the sender loses gossip score.
@@ -671,6 +718,7 @@ impl DaemonActor {
                 match result {
                     Ok(u) => {
                         tracing::info!(target: "datanet::daemon::epoch", datanet = %datanet.short(), epoch, job, utility = u, "job measured");
+                        r.measured.insert(job);
                         let actions = r.machine.on_utility(now, job, u);
                         self.epoch_apply(datanet, actions).await;
                     }
@@ -719,6 +767,7 @@ impl DaemonActor {
                         if !r.jobs.contains(&job) {
                             r.jobs.push(job);
                         }
+                        r.assigned.insert(job);
                     }
                 }
                 Action::StoreEvidence(e) => {

@@ -2,7 +2,8 @@
 //!
 //! Bird's-eye view. [`start`] loads the identity, opens the [`Store`], starts the net room
 //! ([`crate::net::start`]), joins the configured Datanets, dials the seeds and spawns the
-//! [`DaemonActor`] and the local HTTP API ([`crate::api`]). The actor owns all mutable state and
+//! [`DaemonActor`]; the launcher ([`crate::node`]) puts the local HTTP API ([`crate::api`]) in
+//! front of it. The actor owns all mutable state and
 //! receives a closed set of messages: [`NetEvent`]s from the net room, commands from
 //! [`DaemonHandle`]s (API, tests) and results from the tasks it spawns (fetches, catch-up,
 //! local admissions), all over bounded channels.
@@ -25,7 +26,10 @@
 
 pub mod epoch;
 pub mod metrics;
+mod status;
 pub mod wire;
+
+pub use status::{ContributionStatus, DatanetStatus, Earnings, EpochView, LedgerView, LocalDatanet, Status};
 
 use crate::admission::{self, SignedContribution};
 use crate::codec::{self, Signed};
@@ -89,45 +93,6 @@ fn holding_news(known: bool, issued_ms: u64, now_ms: u64) -> Result<(), Option<R
         return Err(None);
     }
     Ok(())
-}
-
-/// What `datanet status` shows.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Status {
-    pub peer_key: String,
-    pub peer_id: String,
-    pub listen: Vec<String>,
-    pub iroh_addrs: Vec<String>,
-    pub api: Option<String>,
-    pub peers: usize,
-    pub fetch_in_flight: usize,
-    pub fetch_queued: usize,
-    pub datanets: Vec<DatanetStatus>,
-}
-
-/// One joined Datanet in [`Status`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DatanetStatus {
-    pub id: String,
-    pub name: String,
-    pub mesh_peers: usize,
-    pub contributions: Vec<ContributionStatus>,
-    /// The sealed evaluation pool, when the Datanet has one.
-    #[serde(default)]
-    pub sealed: Option<epoch::SealedStatus>,
-}
-
-/// One contribution in [`Status`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ContributionStatus {
-    pub id: String,
-    pub contributor: String,
-    pub records: u32,
-    pub bytes: u64,
-    pub created_ms: u64,
-    pub source: String,
-    /// Peers known to hold it, this one included.
-    pub holders: usize,
 }
 
 /// The outcome of `contribute` through the daemon.
@@ -274,9 +239,14 @@ impl DaemonHandle {
         self.metrics.render(self.net.metrics())
     }
 
-    /// The bound API address, once the API is up.
+    /// The bound API address, once an API serves this daemon.
     pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
         self.api_addr.get().copied()
+    }
+
+    /// Records the address the API serving this daemon is bound to (the first one wins).
+    pub fn set_api_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.api_addr.set(addr);
     }
 }
 
@@ -284,7 +254,6 @@ impl DaemonHandle {
 pub struct Daemon {
     handle: DaemonHandle,
     actor: tokio::task::JoinHandle<()>,
-    api: Option<crate::api::ApiServer>,
 }
 
 impl Daemon {
@@ -293,12 +262,9 @@ impl Daemon {
         &self.handle
     }
 
-    /// Stops the API, the actor and its tasks, flushes the store, closes the swarm and the iroh
-    /// endpoint. Returns once the datadir can be opened again.
+    /// Stops the actor and its tasks, flushes the store, closes the swarm and the iroh endpoint.
+    /// Returns once the datadir can be opened again.
     pub async fn shutdown(mut self) {
-        if let Some(api) = self.api.take() {
-            api.shutdown().await;
-        }
         let _ = self.handle.ask(Command::Shutdown).await;
         let _ = (&mut self.actor).await;
     }
@@ -316,6 +282,7 @@ pub fn read_manifest_file(path: &Path) -> Result<SignedManifest, String> {
 /// Starts a daemon on `datadir` with `config` (already validated).
 pub async fn start(datadir: &Path, config: Config) -> Result<Daemon, DaemonError> {
     config.validate()?;
+    net::check_addresses(&config)?;
     let identity = Identity::load(datadir)?;
     let store = Store::open(datadir).await?;
     let (net, events) = match net::start(&identity, &config.net, store.blobs()).await {
@@ -329,7 +296,7 @@ pub async fn start(datadir: &Path, config: Config) -> Result<Daemon, DaemonError
     let (tx, rx) = mpsc::channel(256);
     let (itx, irx) = mpsc::channel(1024);
     let api_addr = Arc::new(std::sync::OnceLock::new());
-    let handle = DaemonHandle { tx, net: net.clone(), metrics: metrics.clone(), api_addr: api_addr.clone() };
+    let handle = DaemonHandle { tx, net: net.clone(), metrics: metrics.clone(), api_addr };
     let mut actor = DaemonActor {
         identity,
         store,
@@ -373,19 +340,8 @@ pub async fn start(datadir: &Path, config: Config) -> Result<Daemon, DaemonError
         }
     }
     actor.net.add_seeds(seeds).await;
-    let task = tokio::spawn(actor.run(rx, irx, events));
-    let api = match crate::api::serve(datadir, &config.api, handle.clone()).await {
-        Ok(api) => {
-            let _ = api_addr.set(api.addr());
-            api
-        }
-        Err(e) => {
-            let _ = handle.ask(Command::Shutdown).await;
-            let _ = task.await;
-            return Err(DaemonError::Api(e.to_string()));
-        }
-    };
-    Ok(Daemon { handle, actor: task, api: Some(api) })
+    let actor = tokio::spawn(actor.run(rx, irx, events));
+    Ok(Daemon { handle, actor })
 }
 
 struct Pending {
@@ -583,42 +539,6 @@ impl DaemonActor {
         self.holders.entry(c.body.id()).or_default().insert(self.identity.public_key());
         let msg = codec::encode(&ContributionsMessage::Announce(c));
         self.net.publish(d, TopicKind::Contributions, msg).await.map_err(|e| e.to_string())
-    }
-
-    async fn status(&self) -> Status {
-        let mut datanets = Vec::new();
-        for (id, m) in &self.joined {
-            let list = self.store.contributions(id).unwrap_or_default();
-            let contributions = list
-                .iter()
-                .map(|c| ContributionStatus {
-                    id: c.id.to_hex(),
-                    contributor: c.signed.body.contributor.to_hex(),
-                    records: c.signed.body.record_count,
-                    bytes: c.signed.body.byte_count,
-                    created_ms: c.signed.body.created_ms,
-                    source: c.meta.source.clone(),
-                    holders: self.holders.get(&c.id).map(|h| h.len()).unwrap_or(0).max(1),
-                })
-                .collect();
-            let mesh_peers = self.net.mesh_peers(*id, TopicKind::Contributions).await;
-            let sealed = if m.eval.sealed.is_empty() { None } else { epoch::sealed_status(&self.store, m).ok() };
-            datanets.push(DatanetStatus { id: id.to_hex(), name: m.name.clone(), mesh_peers, contributions, sealed });
-        }
-        datanets.sort_by(|a, b| a.name.cmp(&b.name));
-        let low = datanets.iter().filter(|d| d.sealed.as_ref().is_some_and(|s| s.low)).count();
-        self.metrics.sealed_pools_low.store(low as u64, Ordering::Relaxed);
-        Status {
-            peer_key: self.identity.public_key().to_hex(),
-            peer_id: self.net.peer_id().to_string(),
-            listen: self.net.seed_addrs(),
-            iroh_addrs: self.net.blobs().socket_addrs().iter().map(|a| a.to_string()).collect(),
-            api: None,
-            peers: self.net.metrics().peers_connected.load(Ordering::Relaxed) as usize,
-            fetch_in_flight: self.in_flight.len(),
-            fetch_queued: self.pending.len(),
-            datanets,
-        }
     }
 
     async fn on_net(&mut self, ev: NetEvent) {

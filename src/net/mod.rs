@@ -174,6 +174,20 @@ impl NetMetrics {
     }
 }
 
+/// Checks the libp2p addresses of a config, which [`crate::config::Config::validate`] leaves to
+/// this room: every `net.listen` multiaddr, and every seed of `net.seeds` and the seeds file
+/// ([`parse_seed_addr`]). The error names the key to fix.
+pub fn check_addresses(cfg: &crate::config::Config) -> Result<(), crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    for (i, a) in cfg.net.listen.iter().enumerate() {
+        a.parse::<Multiaddr>().map_err(|e| ConfigError::invalid(format!("net.listen[{i}]"), format!("{a:?}: {e}")))?;
+    }
+    for (key, s) in cfg.all_seeds_named()? {
+        parse_seed_addr(&s).map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -194,5 +208,31 @@ mod tests {
         assert!(matches!(parse_seed_addr("hello"), Err(SeedAddrError::Malformed { .. })));
         assert!(matches!(parse_seed_addr(&format!("/p2p/{pid}")), Err(SeedAddrError::NoTransport { .. })));
         assert!(parse_seed_addr(&format!("/ip4/127.0.0.1/udp/4001/quic-v1/p2p/{pid}")).is_ok());
+    }
+
+    // Bad listen or seed addresses in a config are reported with the exact key to fix.
+    #[test]
+    fn config_addresses_name_the_bad_key() {
+        use crate::config::Config;
+        let cases: &[(&str, &str)] = &[
+            ("[net]\nlisten = [\"not a multiaddr\"]", "net.listen[0]"),
+            ("[net]\nseeds = [\"/ip4/127.0.0.1/tcp/1\"]", "net.seeds[0]"),
+        ];
+        for (text, key) in cases {
+            let c = Config::from_toml(text, std::path::Path::new("x.toml")).unwrap();
+            c.validate().unwrap();
+            let e = check_addresses(&c).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+        check_addresses(&Config::default()).unwrap();
+    }
+
+    // config/seeds.toml parses and each entry is a valid seed multiaddr.
+    #[test]
+    fn seeds_file_parses() {
+        let mut c = crate::config::Config::default();
+        c.net.seeds_file = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/seeds.toml"));
+        check_addresses(&c).unwrap();
+        assert_eq!(c.all_seeds().unwrap().len(), c.all_seeds_named().unwrap().len());
     }
 }

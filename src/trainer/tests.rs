@@ -183,6 +183,19 @@ fn bad_safetensors() {
     std::fs::write(&path, b"\x10\0\0\0\0\0\0\0{}").unwrap();
     let e = load_err(d.path());
     assert!(e.contains("model.safetensors") && e.contains("malformed"), "{e}");
+    // Headers whose offsets disagree with the shape, or point past the file, are refused by name.
+    let file = |header: &str, data: usize| {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.extend(std::iter::repeat_n(0u8, data));
+        b
+    };
+    std::fs::write(&path, file(r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}}"#, 12)).unwrap();
+    let e = load_err(d.path());
+    assert!(e.contains("model.safetensors") && e.contains("malformed"), "{e}");
+    std::fs::write(&path, file(r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#, 8)).unwrap();
+    let e = load_err(d.path());
+    assert!(e.contains("model.safetensors") && e.contains("16 data bytes"), "{e}");
 }
 
 // An unparseable tokenizer.json is refused with its path.

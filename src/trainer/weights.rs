@@ -96,24 +96,20 @@ impl TensorSet {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct HeaderEntry {
-    dtype: String,
-    shape: Vec<i64>,
-    data_offsets: [u64; 2],
-}
-
-fn kind_of(dtype: &str) -> Option<(Kind, u64)> {
+fn kind_of(dtype: safetensors::Dtype) -> Option<Kind> {
     Some(match dtype {
-        "F32" => (Kind::Float, 4),
-        "F16" => (Kind::Half, 2),
-        "BF16" => (Kind::BFloat16, 2),
-        "F64" => (Kind::Double, 8),
+        safetensors::Dtype::F32 => Kind::Float,
+        safetensors::Dtype::F16 => Kind::Half,
+        safetensors::Dtype::BF16 => Kind::BFloat16,
+        safetensors::Dtype::F64 => Kind::Double,
         _ => return None,
     })
 }
 
 /// Reads one safetensors file: header checks first, then a memory-mapped view per tensor.
+///
+/// The header is parsed and validated by the `safetensors` crate (contiguous offsets, each byte
+/// count equal to shape × dtype size); this function adds the bounds against the file itself.
 pub fn read_file(path: &Path, device: Device) -> Result<Vec<(String, Tensor)>> {
     use std::io::Read;
     let bad = |reason: String| TrainError::Safetensors { path: path.to_path_buf(), reason };
@@ -127,32 +123,29 @@ pub fn read_file(path: &Path, device: Device) -> Result<Vec<(String, Tensor)>> {
     }
     let mut header = vec![0u8; header_len as usize];
     f.read_exact(&mut header).map_err(io_err(path))?;
-    let raw: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
     let data_start = 8 + header_len;
     let data_len = file_len - data_start;
+    if meta.data_len() as u64 > data_len {
+        return Err(bad(format!(
+            "the header's tensors need {} data bytes; the file holds {data_len}",
+            meta.data_len()
+        )));
+    }
     let mut entries = Vec::new();
-    for (name, v) in raw {
-        if name == "__metadata__" {
-            continue;
-        }
-        let e: HeaderEntry =
-            serde_json::from_value(v).map_err(|err| bad(format!("tensor `{name}`: bad header entry: {err}")))?;
-        let Some((kind, size)) = kind_of(&e.dtype) else {
-            return Err(TrainError::TensorDtype { path: path.to_path_buf(), tensor: name, dtype: e.dtype });
+    for name in meta.offset_keys() {
+        let info = meta.info(&name).expect("offset_keys names tensors of the header");
+        let Some(kind) = kind_of(info.dtype) else {
+            return Err(TrainError::TensorDtype {
+                path: path.to_path_buf(),
+                tensor: name,
+                dtype: format!("{:?}", info.dtype),
+            });
         };
-        if e.shape.iter().any(|&d| d < 0) {
-            return Err(bad(format!("tensor `{name}`: negative dimension in {:?}", e.shape)));
-        }
-        let numel: u64 = e.shape.iter().map(|&d| d as u64).product();
-        let [start, end] = e.data_offsets;
-        if start > end || end > data_len || end - start != numel * size {
-            return Err(bad(format!(
-                "tensor `{name}`: data offsets {start}..{end} do not hold {numel} {} values in {data_len} data bytes",
-                e.dtype
-            )));
-        }
-        entries.push((name, kind, e.shape, start, end));
+        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let (start, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
+        entries.push((name, kind, shape, start, end));
     }
     if entries.is_empty() {
         return Ok(Vec::new());
