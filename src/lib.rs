@@ -1,6 +1,7 @@
 //! `datanet`: a peer-to-peer daemon for community datasets that pays contributors for the impact
 //! of their data. See ARCHITECTURE.md for the map; each module's doc opens with what it owns.
 
+pub mod adapters;
 pub mod admission;
 pub mod api;
 pub mod attribution;

@@ -1,23 +1,17 @@
 //! Trainer commands: `datanet model init|pretrain|hash|import`, `datanet train`, `datanet eval`,
-//! `datanet adapter merge`, `datanet lineage show|prove|verify`. Thin: the work is in
-//! [`crate::trainer`]; this file moves bytes between the store, the files and the trainer.
-//!
-//! Where things live in a datadir: installed bases in `models/<folder hash>/` (generated bases from
-//! a manifest's preset are created there on first use); trained adapters in
-//! `adapters/<adapter hash>/` in PEFT layout with `lineage.bin` (signed) and `records.bin` (the
-//! training record hashes in order). Every adapter file, lineage and record list is also a blob in
-//! the store, so peers can fetch them by hash.
+//! `datanet adapter merge`, `datanet lineage show|prove|verify`. Thin: each command parses, calls
+//! one library function ([`crate::adapters`] or [`crate::trainer`]) and prints; progress bars are
+//! the only thing it adds. The datadir layout is documented in [`crate::adapters`].
 
 use super::Global;
-use crate::codec::{self, Signed};
-use crate::ids::{BlobHash, ContributionId, PeerKey, RecordHash};
+use crate::adapters::{self, TrainRequest};
+use crate::ids::{PeerKey, RecordHash};
 use crate::manifest::TaskKind;
-use crate::trainer::eval::{self, EvalReport, EvalSet};
-use crate::trainer::lineage::{Lineage, LineageMetric, LineageProof, RecordList, SignedLineage, recipe_hash};
-use crate::trainer::lora::{self, LoraSet, LoraSpec};
+use crate::trainer::eval::EvalReport;
+use crate::trainer::lineage::LineageProof;
 use crate::trainer::model::folder_hash;
 use crate::trainer::train::{StepReport, TrainConfig};
-use crate::trainer::{self, Base, DeviceChoice, Family, TorchSession, data, init, provision};
+use crate::trainer::{self, Base, DeviceChoice, Family, init, provision};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -34,8 +28,8 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    fn resolve(&self) -> anyhow::Result<tch::Device> {
-        Ok(self.device.parse::<DeviceChoice>()?.resolve()?)
+    fn choice(&self) -> anyhow::Result<DeviceChoice> {
+        Ok(self.device.parse::<DeviceChoice>()?)
     }
 }
 
@@ -190,11 +184,9 @@ pub async fn run(cmd: TrainerCmd, g: &Global) -> anyhow::Result<()> {
         TrainerCmd::Train(a) => train(a, g).await,
         TrainerCmd::Eval(a) => eval_cmd(a, g).await,
         TrainerCmd::Adapter(AdapterCmd::Merge { base, adapter, out }) => {
-            let dir = adapter_dir(g, &adapter)?;
-            let base_model = Base::load(&base, tch::Device::Cpu)?;
-            let lora = LoraSet::load_peft(&base_model, &dir)?;
-            init::save_merged(&base, &out, lora.merged_tensors(&base_model))?;
-            println!("merged {} into {} (hash {})", dir.display(), out.display(), folder_hash(&out)?);
+            let dir = adapters::adapter_dir(&g.datadir(), &adapter)?;
+            let hash = adapters::merge(&base, &dir, &out)?;
+            println!("merged {} into {} (hash {hash})", dir.display(), out.display());
             Ok(())
         }
         TrainerCmd::Lineage(l) => lineage(l, g),
@@ -205,22 +197,18 @@ async fn model(cmd: ModelCmd, g: &Global) -> anyhow::Result<()> {
     match cmd {
         ModelCmd::Init { family, preset, features, classes, seed, out } => {
             let base = init::random_base(family, &preset, features, classes, seed)?;
-            let dir = match out {
-                Some(o) => o,
-                None => g.datadir().join("models").join(format!("tmp-{}", std::process::id())),
-            };
-            init::save_base(&base, &dir, None)?;
-            let hash = folder_hash(&dir)?;
-            let dir = if dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tmp-")) {
-                install_rename(&dir, &g.datadir(), &hash)?
-            } else {
-                dir
+            let (hash, dir) = match out {
+                Some(dir) => {
+                    init::save_base(&base, &dir, None)?;
+                    (folder_hash(&dir)?, dir)
+                }
+                None => provision::install_new_base(&base, &g.datadir())?,
             };
             println!("{} {preset} base in {} hash {hash}", family.name(), dir.display());
             Ok(())
         }
         ModelCmd::Pretrain { base, corpus, task, out, steps, lr, batch, seq, seed, dev } => {
-            let device = dev.resolve()?;
+            let device = dev.choice()?.resolve()?;
             let model = Base::load(&base, device)?;
             let task = match (task.as_str(), &model) {
                 ("text", _) => TaskKind::Text,
@@ -267,7 +255,7 @@ async fn model(cmd: ModelCmd, g: &Global) -> anyhow::Result<()> {
             let opts = trainer::bench::BenchOptions {
                 steps,
                 threads: dev.threads,
-                device: dev.resolve()?,
+                device: dev.choice()?.resolve()?,
                 seed,
                 batch,
                 sequence_length: seq,
@@ -293,16 +281,6 @@ async fn model(cmd: ModelCmd, g: &Global) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn install_rename(tmp: &Path, datadir: &Path, hash: &BlobHash) -> anyhow::Result<PathBuf> {
-    let dest = datadir.join("models").join(hash.to_hex());
-    if dest.exists() {
-        std::fs::remove_dir_all(tmp)?;
-    } else {
-        std::fs::rename(tmp, &dest)?;
-    }
-    Ok(dest)
 }
 
 fn progress(steps: u64) -> indicatif::ProgressBar {
@@ -333,21 +311,6 @@ fn read_jsonl(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
         .collect()
 }
 
-fn metrics(r: &EvalReport) -> (Vec<LineageMetric>, i64, u32) {
-    let ms = r
-        .slices
-        .iter()
-        .map(|s| LineageMetric {
-            slice: s.name.clone(),
-            weight_ppm: s.weight_ppm,
-            loss_micro: (s.loss * 1e6).round() as i64,
-            accuracy_ppm: (s.accuracy * 1e6).round() as u32,
-            count: s.count,
-        })
-        .collect();
-    (ms, (r.weighted_loss * 1e6).round() as i64, (r.weighted_accuracy * 1e6).round() as u32)
-}
-
 fn print_report(title: &str, r: &EvalReport, json: bool) {
     if json {
         println!("{}", serde_json::json!({"model": title, "report": r}));
@@ -369,165 +332,64 @@ fn print_report(title: &str, r: &EvalReport, json: bool) {
 }
 
 async fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
+    let req = TrainRequest {
+        datanet: a.datanet,
+        contributions: a.contributions,
+        base: a.base,
+        grad_accum: a.grad_accum,
+        device: a.dev.choice()?,
+        threads: a.dev.threads,
+    };
     let (identity, store) = super::data::open_store(g).await?;
-    let (datanet, m) = super::data::resolve(&store, &a.datanet)?;
-    // Training reads records, not credit: every named contribution at the same priority.
-    let only: Option<std::collections::BTreeMap<ContributionId, u64>> = if a.contributions.is_empty() {
-        None
-    } else {
-        let mut ids = std::collections::BTreeMap::new();
-        for c in &a.contributions {
-            let id = store.resolve_contribution(c)?.with_context(|| format!("contribution `{c}` is not known here"))?;
-            ids.insert(id, 0);
+    let bar = progress(0);
+    let on_step = {
+        let bar = bar.clone();
+        move |r: &StepReport| {
+            bar.set_length(u64::from(r.steps));
+            step_bar(&bar, r)
         }
-        Some(ids)
     };
-    let admitted = store.datanet_records(&datanet, only.as_ref()).await?;
-    if admitted.is_empty() {
-        bail!(trainer::TrainError::EmptyTrainingSet);
-    }
-    let evals = crate::measure::eval_values(&store, &m).await?;
-    let bdir = trainer::provision_base(&g.datadir(), &m, &evals, a.base.as_deref())?;
-    // Provisioned bases were just verified (and their hash cached); an explicit --base is hashed here.
-    let base_hash = if a.base.is_some() { folder_hash(&bdir)? } else { provision::cached_folder_hash(&bdir)? };
-    let device = a.dev.resolve()?;
-    let threads = a.dev.threads;
-    let manifest = m.clone();
-    let grad_accum = a.grad_accum;
-    let values: Vec<serde_json::Value> = admitted.iter().map(|r| r.value.clone()).collect();
-    let hashes: Vec<RecordHash> = admitted.iter().map(|r| r.hash).collect();
-    let job = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let base = Base::load(&bdir, device)?;
-        let spec = LoraSpec::from_recipe(&manifest.recipe)?;
-        let cfg = TrainConfig { grad_accum, ..TrainConfig::from_recipe(&manifest.recipe)? };
-        let examples = data::examples(&base, &manifest.task, &values, cfg.sequence_length)?;
-        let evalset = EvalSet::prepare(&base, &manifest.task, &manifest.eval.slices, &evals, cfg.sequence_length)?;
-        let _s = TorchSession::begin(cfg.seed, threads);
-        let base_report = eval::evaluate(&base, None, &evalset, 32)?;
-        let bar = progress(u64::from(cfg.steps));
-        let (lora, outcome) = trainer::train::train_lora(&base, &spec, &examples, &cfg, &mut |r| step_bar(&bar, r))?;
-        bar.finish();
-        let report = eval::evaluate(&base, Some(&lora), &evalset, 32)?;
-        let (cfg_bytes, weights) = lora.to_peft_bytes(&base)?;
-        Ok((base_report, report, cfg_bytes, weights, outcome, cfg))
-    });
-    let (base_report, report, cfg_bytes, weights, outcome, cfg) = job.await??;
-    let order = RecordList { hashes: outcome.order.iter().map(|&i| hashes[i]).collect() };
-    let records_bytes = codec::encode(&order);
-    let adapter = store.put_blob(weights.clone()).await?;
-    let adapter_config = store.put_blob(cfg_bytes.clone()).await?;
-    let records_blob = store.put_blob(records_bytes.clone()).await?;
-    let (ms, wl, wa) = metrics(&report);
-    let body = Lineage {
-        adapter,
-        adapter_config,
-        base_model: base_hash,
-        datanet,
-        records_root: order.root(),
-        record_count: order.hashes.len() as u64,
-        records_blob,
-        recipe_hash: recipe_hash(&m.recipe),
-        seed: cfg.seed,
-        steps: cfg.steps,
-        crate_version: env!("CARGO_PKG_VERSION").to_string(),
-        metrics: ms,
-        weighted_loss_micro: wl,
-        weighted_accuracy_ppm: wa,
-    };
-    let signed = Signed::sign(body, &identity.signing_key());
-    let lineage_bytes = signed.to_bytes();
-    let lineage_blob = store.put_blob(lineage_bytes.clone()).await?;
-    store.flush().await?;
+    let trained = adapters::train(&store, &identity, &g.datadir(), &req, on_step).await;
+    bar.finish_and_clear();
     store.close().await?;
-    let dir = g.datadir().join("adapters").join(adapter.to_hex());
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(lora::ADAPTER_CONFIG), &cfg_bytes)?;
-    std::fs::write(dir.join(lora::ADAPTER_WEIGHTS), &weights)?;
-    std::fs::write(dir.join("lineage.bin"), &lineage_bytes)?;
-    std::fs::write(dir.join("records.bin"), &records_bytes)?;
-    let tok_s = outcome.tokens as f64 / outcome.elapsed.as_secs_f64().max(1e-9);
+    let t = trained?;
     if g.json {
         println!(
             "{}",
-            serde_json::json!({"adapter": adapter.to_hex(), "lineage": lineage_blob.to_hex(), "records": order.hashes.len(),
-                "tokens_per_s": tok_s, "base": base_report, "adapted": report, "dir": dir})
+            serde_json::json!({"adapter": t.adapter.to_hex(), "lineage": t.lineage_blob.to_hex(), "records": t.records,
+                "tokens_per_s": t.tokens_per_s, "base": t.base_report, "adapted": t.report, "dir": t.dir})
         );
     } else {
-        println!("trained {} steps on {} records, {:.0} tokens/s", cfg.steps, order.hashes.len(), tok_s);
-        print_report("base", &base_report, false);
-        print_report("adapter", &report, false);
-        println!("adapter {adapter}\nlineage {lineage_blob}\nfolder  {}", dir.display());
+        println!("trained {} steps on {} records, {:.0} tokens/s", t.steps, t.records, t.tokens_per_s);
+        print_report("base", &t.base_report, false);
+        print_report("adapter", &t.report, false);
+        println!("adapter {}\nlineage {}\nfolder  {}", t.adapter, t.lineage_blob, t.dir.display());
     }
     Ok(())
 }
 
-/// An adapter folder: a path holding `adapter_config.json`, or an id / unique prefix in the datadir.
-fn adapter_dir(g: &Global, key: &str) -> anyhow::Result<PathBuf> {
-    let p = PathBuf::from(key);
-    if p.join(lora::ADAPTER_CONFIG).exists() {
-        return Ok(p);
-    }
-    let root = g.datadir().join("adapters");
-    let key = key.to_ascii_lowercase();
-    let found: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&key))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
-    match found.len() {
-        1 => Ok(found.into_iter().next().unwrap_or_default()),
-        0 => bail!("adapter `{key}` is not in {} (give an id, a unique prefix or a folder)", root.display()),
-        n => bail!("adapter prefix `{key}` matches {n} adapters; give more digits"),
-    }
-}
-
-fn read_lineage(dir: &Path) -> anyhow::Result<SignedLineage> {
-    let p = dir.join("lineage.bin");
-    let bytes = std::fs::read(&p).with_context(|| format!("{}: no lineage for this adapter", p.display()))?;
-    SignedLineage::decode_verified(&bytes).with_context(|| format!("{}", p.display()))
-}
-
 async fn eval_cmd(a: EvalArgs, g: &Global) -> anyhow::Result<()> {
     let (_identity, store) = super::data::open_store(g).await?;
-    let adir = if a.adapter == "base" { None } else { Some(adapter_dir(g, &a.adapter)?) };
-    let (_id, m) = match (&a.datanet, &adir) {
-        (Some(d), _) => super::data::resolve(&store, d)?,
-        (None, Some(dir)) => {
-            let l = read_lineage(dir)?;
-            let m = store
-                .manifest(&l.body.datanet)?
-                .with_context(|| format!("datanet {} not known here", l.body.datanet))?;
-            (l.body.datanet, m.body)
-        }
-        (None, None) => bail!("give --datanet to evaluate the base"),
-    };
-    let evals = crate::measure::eval_values(&store, &m).await?;
+    let adir = if a.adapter == "base" { None } else { Some(adapters::adapter_dir(&g.datadir(), &a.adapter)?) };
+    let r = adapters::evaluate(
+        &store,
+        &g.datadir(),
+        adir.as_deref(),
+        a.datanet.as_deref(),
+        a.base.as_deref(),
+        a.dev.choice()?,
+        a.dev.threads,
+    )
+    .await;
     store.close().await?;
-    let bdir = trainer::provision_base(&g.datadir(), &m, &evals, a.base.as_deref())?;
-    let device = a.dev.resolve()?;
-    let threads = a.dev.threads;
-    let json = g.json;
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let base = Base::load(&bdir, device)?;
-        let seq = m.recipe.sequence_length as usize;
-        let set = EvalSet::prepare(&base, &m.task, &m.eval.slices, &evals, seq)?;
-        let _s = TorchSession::begin(0, threads);
-        let lora = adir.as_deref().map(|d| LoraSet::load_peft(&base, d)).transpose()?;
-        let r = eval::evaluate(&base, lora.as_ref(), &set, 32)?;
-        print_report(if lora.is_some() { "adapter" } else { "base" }, &r, json);
-        Ok(())
-    })
-    .await?
+    print_report(if adir.is_some() { "adapter" } else { "base" }, &r?, g.json);
+    Ok(())
 }
 
 fn lineage(cmd: LineageCmd, g: &Global) -> anyhow::Result<()> {
     match cmd {
         LineageCmd::Show { adapter } => {
-            let dir = adapter_dir(g, &adapter)?;
-            let l = read_lineage(&dir)?;
+            let l = adapters::read_lineage(&adapters::adapter_dir(&g.datadir(), &adapter)?)?;
             if g.json {
                 println!(
                     "{}",
@@ -563,17 +425,8 @@ fn lineage(cmd: LineageCmd, g: &Global) -> anyhow::Result<()> {
             Ok(())
         }
         LineageCmd::Prove { adapter, record } => {
-            let dir = adapter_dir(g, &adapter)?;
-            let l = read_lineage(&dir)?;
-            let p = dir.join("records.bin");
-            let list: RecordList = codec::decode(&std::fs::read(&p).with_context(|| format!("{}", p.display()))?)?;
-            if list.root() != l.body.records_root {
-                bail!("{}: record list does not match the lineage's records root", p.display());
-            }
-            let proof = list
-                .prove(&record)
-                .with_context(|| format!("record {record} is not in this adapter's training set"))?;
-            println!("{}", LineageProof { lineage: l, proof }.to_hex());
+            let proof = adapters::prove(&adapters::adapter_dir(&g.datadir(), &adapter)?, &record)?;
+            println!("{}", proof.to_hex());
             Ok(())
         }
         LineageCmd::Verify { proof, signer } => {

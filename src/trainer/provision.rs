@@ -228,6 +228,29 @@ fn install_base_with(
 
 /// A fresh temporary folder name under `models` (process id and a counter: unique across
 /// processes and threads).
+/// `datanet model init` without `--out`: saves `base` into a temporary folder beside
+/// `datadir/models/`, hashes it and renames it to `models/<hash>/` (keeping an earlier identical
+/// install).
+pub fn install_new_base(base: &super::Base, datadir: &Path) -> Result<(BlobHash, PathBuf)> {
+    let models = datadir.join("models");
+    std::fs::create_dir_all(&models).map_err(io_err(&models))?;
+    let tmp = tmp_dir(&models, "init");
+    let saved = (|| -> Result<BlobHash> {
+        init::save_base(base, &tmp, None)?;
+        folder_hash(&tmp)
+    })();
+    let hash = match saved {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let dest = models.join(hash.to_hex());
+    publish(&tmp, &dest)?;
+    Ok((hash, dest))
+}
+
 fn tmp_dir(models: &Path, what: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     models.join(format!(".tmp-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
