@@ -12,8 +12,7 @@
 
 use crate::codec::{self, Signed};
 use crate::identity::Identity;
-use crate::ids::{BlobHash, ContributionId, DatanetId, RecordHash};
-use crate::manifest::Manifest;
+use crate::ids::{BlobHash, ContributionId, RecordHash};
 use crate::store::Store;
 use crate::trainer::eval::{self, EvalReport, EvalSet};
 use crate::trainer::lineage::{Lineage, LineageMetric, LineageProof, RecordList, SignedLineage, recipe_hash};
@@ -77,12 +76,6 @@ pub fn lineage_metrics(r: &EvalReport) -> (Vec<LineageMetric>, i64, u32) {
     (ms, (r.weighted_loss * 1e6).round() as i64, (r.weighted_accuracy * 1e6).round() as u32)
 }
 
-fn resolve_datanet(store: &Store, key: &str) -> anyhow::Result<(DatanetId, Manifest)> {
-    store.resolve_datanet(key)?.ok_or_else(|| {
-        anyhow::anyhow!("datanet `{key}` is not known here (give its id, a unique id prefix or its name; `datanet datanet ls` lists them)")
-    })
-}
-
 /// Trains a LoRA adapter on a Datanet's admitted records (the named contributions only, when
 /// given) on the manifest's base and recipe; stores the adapter, its config, the record list and
 /// the lineage signed by `identity` as blobs, flushes, and writes the adapter folder under
@@ -94,7 +87,7 @@ pub async fn train(
     req: &TrainRequest,
     mut on_step: impl FnMut(&StepReport) + Send + 'static,
 ) -> anyhow::Result<Trained> {
-    let (datanet, m) = resolve_datanet(store, &req.datanet)?;
+    let (datanet, m) = store.require_datanet(&req.datanet)?;
     // Training reads records, not credit: every named contribution at the same priority.
     let only: Option<BTreeMap<ContributionId, u64>> = if req.contributions.is_empty() {
         None
@@ -223,7 +216,7 @@ pub async fn evaluate(
     threads: usize,
 ) -> anyhow::Result<EvalReport> {
     let m = match (datanet, adapter) {
-        (Some(d), _) => resolve_datanet(store, d)?.1,
+        (Some(d), _) => store.require_datanet(d)?.1,
         (None, Some(dir)) => {
             let l = read_lineage(dir)?;
             store.manifest(&l.body.datanet)?.with_context(|| format!("datanet {} not known here", l.body.datanet))?.body

@@ -72,9 +72,7 @@ pub(crate) async fn open_store(g: &Global) -> anyhow::Result<(Identity, Store)> 
 }
 
 pub(crate) fn resolve(store: &Store, key: &str) -> anyhow::Result<(DatanetId, Manifest)> {
-    store.resolve_datanet(key)?.ok_or_else(|| {
-        anyhow::anyhow!("datanet `{key}` is not known here (give its id, a unique id prefix or its name; `datanet datanet ls` lists them)")
-    })
+    Ok(store.require_datanet(key)?)
 }
 
 /// `datanet datanet …`

@@ -102,10 +102,7 @@ async fn contribute_local(
     path: &Path,
     skip_invalid: bool,
 ) -> Result<(SignedContribution, ContributeReport), String> {
-    let (id, manifest) = store
-        .resolve_datanet(datanet)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("datanet `{datanet}` is not known here"))?;
+    let (id, manifest) = store.require_datanet(datanet).map_err(|e| e.to_string())?;
     let parsed = admission::parse_input(&manifest, path, skip_invalid, None).map_err(|e| e.to_string())?;
     let local = admission::admit_input(store, identity, &id, parsed, skip_invalid).await.map_err(|e| e.to_string())?;
     let ack = local.ack;

@@ -141,14 +141,13 @@ impl DaemonActor {
             let ledger_view = LedgerView {
                 head_epoch: head.map(|h| h.epoch),
                 head_hash: head.map(|h| hex::encode(h.hash)),
-                attested: ledger.attestations(id).map(|a| a.len()).unwrap_or(0),
+                attested: ledger.attested_count(id).unwrap_or(0),
                 pool_per_epoch: m.reward_pool.to_string(),
             };
             let mine = ledger
-                .totals(id)
-                .unwrap_or_default()
-                .into_iter()
-                .find(|t| t.contributor == me)
+                .total(id, &me)
+                .ok()
+                .flatten()
                 .map(|t| Earnings { credit: t.credit.to_string(), reward: t.reward.to_string(), epochs: t.epochs })
                 .unwrap_or_else(|| Earnings { credit: "0".into(), reward: "0".into(), epochs: 0 });
             datanets.push(DatanetStatus {

@@ -226,6 +226,21 @@ impl Ledger {
             .collect()
     }
 
+    /// How many attested epochs of `datanet` this ledger holds (keys counted, nothing decoded).
+    pub fn attested_count(&self, datanet: &DatanetId) -> Result<usize, LedgerError> {
+        let mut n = 0;
+        for r in self.tree(ATTESTATIONS)?.scan_prefix(datanet.0).keys() {
+            r?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// One contributor's cumulative credit and reward, if the ledger paid it anything.
+    pub fn total(&self, datanet: &DatanetId, contributor: &PeerKey) -> Result<Option<ContributorTotal>, LedgerError> {
+        Ok(self.tree(TOTALS)?.get(key2(datanet, contributor.as_bytes()))?.and_then(|v| decode_total(*contributor, &v)))
+    }
+
     /// Cumulative credit and rewards per contributor, sorted by key.
     pub fn totals(&self, datanet: &DatanetId) -> Result<Vec<ContributorTotal>, LedgerError> {
         let mut out = Vec::new();

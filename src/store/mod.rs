@@ -31,6 +31,10 @@ pub enum StoreError {
     InUse { path: PathBuf },
     #[error("cannot open the blob store in {path}: {reason}")]
     OpenBlobs { path: PathBuf, reason: String },
+    #[error(
+        "datanet `{0}` is not known here (give its id, a unique id prefix or its name; `datanet datanet ls` lists them)"
+    )]
+    UnknownDatanet(String),
     #[error("database: {0}")]
     Db(#[from] sled::Error),
     #[error("database transaction: {0}")]
@@ -274,6 +278,12 @@ impl Store {
             })
             .collect();
         Ok(if hits.len() == 1 { hits.into_iter().next().map(|(id, m)| (id, m.body)) } else { None })
+    }
+
+    /// [`Store::resolve_datanet`], with a Datanet that is not known (or not unique) as an error
+    /// saying what to give instead.
+    pub fn require_datanet(&self, key: &str) -> Result<(DatanetId, Manifest), StoreError> {
+        self.resolve_datanet(key)?.ok_or_else(|| StoreError::UnknownDatanet(key.to_string()))
     }
 
     /// Keeps a Datanet's sealed evaluation pool (the caller checked it against the manifest's

@@ -251,12 +251,7 @@ impl DaemonActor {
 
     /// A Datanet this peer stores, by id or name.
     fn resolve_known(&self, datanet: &str) -> Result<DatanetId, String> {
-        Ok(self
-            .store
-            .resolve_datanet(datanet)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("datanet `{datanet}` is not known here"))?
-            .0)
+        Ok(self.store.require_datanet(datanet).map_err(|e| e.to_string())?.0)
     }
 
     fn resolve_joined(&self, datanet: &str) -> Result<DatanetId, String> {
@@ -330,16 +325,11 @@ impl DaemonActor {
         let next_epoch = self.next_epoch(d).unwrap_or(FIRST_EPOCH);
         let now = self.epochs.now_ms();
         let r = self.epochs.running.get(d);
-        let heard = r.map(|r| {
-            let mut h = r.heard.clone();
-            if m.committee.members.contains(&me) {
-                h.insert(me);
-            }
-            h.len()
-        });
+        let member = m.committee.members.contains(&me);
+        let heard = r.map(|r| r.heard.len() + usize::from(member && !r.heard.contains(&me)));
         super::EpochView {
             committee: m.committee.members.len(),
-            member: m.committee.members.contains(&me),
+            member,
             current: r.map(|r| r.machine.status()),
             heard_from: heard.unwrap_or(0),
             next_deadline_in_ms: r.and_then(|r| r.machine.next_deadline()).map(|t| t.saturating_sub(now)),
